@@ -1,0 +1,204 @@
+"""Conjugate gradient for ``(A + λI) x = b`` from matrix-vector products alone.
+
+``A`` is never formed: ``matvec(v) -> A v`` is enough, so ``A`` can be a Hessian, Gauss-Newton
+or Fisher matrix given by a curvature-vector product. ``b`` is a tensor or any ``tf.nest``
+structure of tensors (e.g. a list shaped like a model's variables); ``x`` comes back in the
+same structure. The whole iteration is one ``tf.while_loop``, so it compiles into a single
+graph loop inside ``tf.function``.
+
+It stops on the first of:
+
+* ``converged``: ``‖r‖ ≤ tol · ‖b‖`` with ``r = b − (A + λI) x``;
+* ``max_iters``: the iteration cap;
+* ``negative_curvature``: ``pᵀ(A + λI)p ≤ 0`` for a search direction ``p`` (``A + λI`` is not
+  positive definite), where CG is undefined;
+* ``non_finite``: a NaN or Inf appeared (in ``b``, a product or an update).
+
+On the last two it keeps the last good iterate, never returning NaN it made itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from natgrad.structure import dot
+
+CONVERGED, MAX_ITERS, NEGATIVE_CURVATURE, NON_FINITE = 0, 1, 2, 3
+STATUS_NAMES = ("converged", "max_iters", "negative_curvature", "non_finite")
+
+
+class CGResult(NamedTuple):
+    """Result of :func:`conjugate_gradient`.
+
+    Attributes:
+      x: the solution, same structure as ``b``.
+      iterations: ``int32`` scalar, number of CG steps taken (each costs one product).
+      residual_norm: ``‖b − (A + λI) x‖`` as tracked by the recurrence.
+      status: ``int32`` scalar, an index into :data:`STATUS_NAMES`.
+      x_dot_ax: ``xᵀ(A + λI)x``, computed as ``xᵀ(b − r)`` at no extra product; a trust-region
+        step size ``sqrt(2δ / xᵀ(A + λI)x)`` needs it.
+    """
+
+    x: object
+    iterations: tf.Tensor
+    residual_norm: tf.Tensor
+    status: tf.Tensor
+    x_dot_ax: tf.Tensor
+
+    @property
+    def reason(self) -> str:
+        """Why the iteration stopped, as a word from :data:`STATUS_NAMES` (eager only)."""
+        return STATUS_NAMES[int(self.status)]
+
+
+def _axpy(alpha, x, y):
+    """``alpha · x + y`` over matching structures."""
+    return tf.nest.map_structure(lambda a, b: alpha * a + b, x, y)
+
+
+def _as_dtype(value, dtype) -> tf.Tensor:
+    """A scalar argument as a tensor of ``dtype``.
+
+    ``tf.cast`` of a Python float would go through float32 first and round, e.g., a float64
+    damping of 0.1; Python and NumPy numbers are converted to ``dtype`` directly instead.
+    """
+    if tf.is_tensor(value):
+        return tf.cast(value, dtype)
+    return tf.convert_to_tensor(value, dtype=dtype)
+
+
+def _all_finite(*structures) -> tf.Tensor:
+    flags = [tf.reduce_all(tf.math.is_finite(t)) for s in structures for t in tf.nest.flatten(s)]
+    return tf.reduce_all(tf.stack(flags))
+
+
+def conjugate_gradient(
+    matvec: Callable,
+    b,
+    *,
+    max_iters: int = 10,
+    tol: float = 1e-10,
+    damping: float = 0.0,
+    x0=None,
+    preconditioner: Callable | None = None,
+) -> CGResult:
+    """Solves ``(A + damping·I) x = b`` by (preconditioned) conjugate gradient.
+
+    Args:
+      matvec: ``v -> A v`` for ``v`` structured like ``b``; ``A`` symmetric positive
+        (semi-)definite.
+      b: right-hand side, a tensor or a ``tf.nest`` structure of tensors.
+      max_iters: iteration cap (≥ 1). Exact arithmetic solves an ``n × n`` system in ``n``.
+      tol: relative tolerance: stop when ``‖r‖ ≤ tol · ‖b‖``.
+      damping: ``λ ≥ 0`` added to the diagonal (Tikhonov / Levenberg-Marquardt damping).
+      x0: starting point, structured like ``b`` (default zeros).
+      preconditioner: ``r -> M⁻¹ r`` for an SPD ``M ≈ A + λI`` (default identity).
+
+    Returns:
+      A :class:`CGResult`.
+
+    Raises:
+      ValueError: ``max_iters < 1``, ``tol < 0`` or ``damping < 0`` (Python numbers only;
+        tensors are not checked), or ``x0`` not structured like ``b``.
+    """
+    if isinstance(max_iters, int) and max_iters < 1:
+        raise ValueError(f"max_iters must be an integer >= 1; got {max_iters}")
+    if isinstance(tol, (int, float)) and tol < 0:
+        raise ValueError(f"tol must be >= 0; got {tol}")
+    if isinstance(damping, (int, float)) and damping < 0:
+        raise ValueError(f"damping must be >= 0 (it is added to the diagonal); got {damping}")
+
+    b = tf.nest.map_structure(tf.convert_to_tensor, b)
+    dtype = tf.nest.flatten(b)[0].dtype
+    damping = _as_dtype(damping, dtype)
+    tol = _as_dtype(tol, dtype)
+
+    def damped_matvec(v):
+        return _axpy(damping, v, matvec(v))
+
+    def precondition(r):
+        return preconditioner(r) if preconditioner is not None else r
+
+    if x0 is None:
+        x = tf.nest.map_structure(tf.zeros_like, b)
+        r = b
+    else:
+        try:
+            tf.nest.assert_same_structure(b, x0)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"x0 must have the same structure as b: {e}") from None
+        x = tf.nest.map_structure(lambda t, ref: tf.cast(t, ref.dtype), x0, b)
+        r = _axpy(-1.0, damped_matvec(x), b)
+    b_norm = tf.sqrt(dot(b, b))
+    threshold = tol * b_norm
+    z = precondition(r)
+    p = z
+    rz = dot(r, z)
+    r_norm = tf.sqrt(dot(r, r))
+
+    start_finite = _all_finite(b, x, r) & tf.math.is_finite(rz)
+    status = tf.where(
+        start_finite,
+        tf.where(r_norm <= threshold, CONVERGED, MAX_ITERS),
+        NON_FINITE,
+    )
+    done = tf.logical_or(~start_finite, r_norm <= threshold)
+    # A non-finite start keeps x as given (zeros or x0) and reports the residual norm as NaN,
+    # an infinite one included, so that it is never mistaken for a usable number.
+    r_norm = tf.where(start_finite, r_norm, tf.constant(float("nan"), dtype))
+
+    def cond(i, done, x, r, p, rz, r_norm, status):
+        return tf.logical_and(~done, i < max_iters)
+
+    def body(i, done, x, r, p, rz, r_norm, status):
+        ap = damped_matvec(p)
+        p_ap = dot(p, ap)
+        bad_curvature = p_ap <= 0.0
+        finite_product = _all_finite(ap) & tf.math.is_finite(p_ap)
+        safe_p_ap = tf.where(bad_curvature | ~finite_product, tf.ones_like(p_ap), p_ap)
+        alpha = rz / safe_p_ap
+        x_new = _axpy(alpha, p, x)
+        r_new = _axpy(-alpha, ap, r)
+        z_new = precondition(r_new)
+        rz_new = dot(r_new, z_new)
+        r_norm_new = tf.sqrt(dot(r_new, r_new))
+        finite = finite_product & _all_finite(x_new, r_new) & tf.math.is_finite(rz_new)
+        ok = finite & ~bad_curvature
+        beta = rz_new / tf.where(rz == 0.0, tf.ones_like(rz), rz)
+        p_new = _axpy(beta, p, z_new)
+
+        def keep(new, old):
+            return tf.nest.map_structure(lambda a, b: tf.where(ok, a, b), new, old)
+
+        step_status = tf.where(
+            ~finite,
+            NON_FINITE,
+            tf.where(
+                bad_curvature,
+                NEGATIVE_CURVATURE,
+                tf.where(r_norm_new <= threshold, CONVERGED, MAX_ITERS),
+            ),
+        )
+        stop = ~ok | (r_norm_new <= threshold)
+        return (
+            i + tf.where(ok, 1, 0),
+            stop,
+            keep(x_new, x),
+            keep(r_new, r),
+            keep(p_new, p),
+            tf.where(ok, rz_new, rz),
+            tf.where(ok, r_norm_new, r_norm),
+            step_status,
+        )
+
+    i, _, x, r, _, _, r_norm, status = tf.while_loop(
+        cond,
+        body,
+        (tf.constant(0), done, x, r, p, rz, r_norm, status),
+        maximum_iterations=max_iters,
+    )
+    x_dot_ax = dot(x, _axpy(-1.0, r, b))
+    return CGResult(x=x, iterations=i, residual_norm=r_norm, status=status, x_dot_ax=x_dot_ax)

@@ -1,0 +1,390 @@
+"""``natgrad.NaturalGradient``: a Keras 3 optimizer for trust-region natural-gradient steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from natgrad.conjugate_gradient import NON_FINITE, conjugate_gradient
+from natgrad.curvature import check_method, gauss_newton_operator, hessian_vector_product
+from natgrad.distributions import OutputDistribution
+from natgrad.structure import as_tf_variables, check_variables, dot
+from natgrad.trust_region import (
+    backtracking_line_search,
+    levenberg_marquardt_damping,
+    trust_region_step_size,
+)
+
+CURVATURES = ("fisher", "gauss_newton", "hessian")
+_UNSUPPORTED_BASE_KWARGS = (
+    "weight_decay",
+    "clipnorm",
+    "clipvalue",
+    "global_clipnorm",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+)
+
+
+def _positive(name: str, value, *, allow_zero: bool = False, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be a number {bound}{extra}; got {value!r}")
+    return value
+
+
+@keras.saving.register_keras_serializable(package="natgrad")
+class NaturalGradient(keras.optimizers.Optimizer):
+    """Natural-gradient optimizer with conjugate gradient and a KL trust region.
+
+    Each step solves ``(C + λI) s = g`` for the gradient ``g`` by conjugate gradient, using only
+    curvature-vector products ``C v``, where ``C`` is the Fisher information (``"fisher"``), the
+    generalized Gauss-Newton matrix (``"gauss_newton"``) or the Hessian of the loss
+    (``"hessian"``), and moves the variables to ``θ − α s`` (Amari, 1998; Martens, 2010). With
+    ``max_kl`` the step is scaled to the edge of the trust region ``½ (αs)ᵀ(C + λI)(αs) = max_kl``
+    and a backtracking line search enforces the measured KL (Schulman et al., 2015, TRPO).
+    A step whose loss or gradient is not finite, or that no line-search point accepts, leaves
+    every variable bit for bit as it was.
+
+    Keras 3 gives an optimizer only ``(gradient, variable)`` pairs, but a natural-gradient step
+    needs the loss and the model outputs as closures over the batch. So the step is taken by
+    :meth:`minimize` (custom loops), and ``model.fit`` uses it through
+    :func:`natgrad.enable_natural_gradient`, which installs a ``train_step`` that calls
+    :meth:`minimize`. ``apply_gradients`` raises an error saying so.
+
+    Args:
+      learning_rate: float or ``keras.optimizers.schedules.LearningRateSchedule``, default
+        ``1.0``. Multiplies the natural-gradient step ``s``; with ``max_kl``, it multiplies the
+        trust-region step (``1.0`` lands on the KL boundary).
+      curvature: ``"fisher"`` (default), ``"gauss_newton"`` or ``"hessian"``. For the losses
+        ``model.fit`` supports, the Fisher and the Gauss-Newton matrix coincide.
+      damping: float ``λ ≥ 0`` added to the curvature's diagonal, default ``1e-3``.
+      adaptive_damping: bool, default ``False``. Adjust ``λ`` after every step by the
+        Levenberg-Marquardt rule (shrink by ``damping_decay`` when the quadratic model predicts
+        the loss change well, grow it when not). ``λ`` is optimizer state and is saved.
+      damping_decay: float in ``(0, 1)``, default ``2/3``.
+      min_damping, max_damping: bounds for adaptive ``λ``, default ``1e-8`` and ``1e4``.
+      cg_iters: int ≥ 1, conjugate-gradient iterations per step, default ``10``.
+      cg_tol: float ≥ 0, CG relative residual tolerance, default ``1e-10``.
+      max_kl: float > 0 or ``None`` (default): the trust-region radius ``δ`` in KL.
+      line_search_shrink: float in ``(0, 1)``, default ``0.8``: backtracking factor.
+      line_search_max_tries: int ≥ 0, default ``10``. ``0`` takes the full step without a
+        line search (it is still rejected if the loss becomes non-finite).
+      curvature_batch_fraction: float in ``(0, 1]``, default ``1.0``: the leading part of each
+        batch used for curvature products in ``model.fit`` (cheaper, noisier curvature).
+      hvp_method: ``"forward_over_reverse"`` (default) or ``"reverse_over_reverse"``, for
+        Hessian-vector products (``curvature="hessian"``, or ``"fisher"`` from a ``kl_fn``).
+      name: string, default ``"natural_gradient"``.
+      **kwargs: the base ``keras.optimizers.Optimizer`` keyword arguments. Those that reshape
+        gradients (``clipnorm``, ``weight_decay``, ``use_ema``, ...) do not apply to a
+        curvature-preconditioned step and are rejected with an error.
+    """
+
+    def __init__(
+        self,
+        learning_rate=1.0,
+        curvature: str = "fisher",
+        damping: float = 1e-3,
+        adaptive_damping: bool = False,
+        damping_decay: float = 2.0 / 3.0,
+        min_damping: float = 1e-8,
+        max_damping: float = 1e4,
+        cg_iters: int = 10,
+        cg_tol: float = 1e-10,
+        max_kl: float | None = None,
+        line_search_shrink: float = 0.8,
+        line_search_max_tries: int = 10,
+        curvature_batch_fraction: float = 1.0,
+        hvp_method: str = "forward_over_reverse",
+        name: str = "natural_gradient",
+        **kwargs,
+    ):
+        for key in _UNSUPPORTED_BASE_KWARGS:
+            if kwargs.get(key) not in (None, False):
+                raise ValueError(
+                    f"NaturalGradient does not support {key}={kwargs[key]!r}: it reshapes "
+                    "gradients, which a curvature-preconditioned step does not use. Add an L2 "
+                    "term to the loss instead of weight_decay; use max_kl to bound steps."
+                )
+            kwargs.pop(key, None)
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if curvature not in CURVATURES:
+            raise ValueError(
+                f"unknown curvature {curvature!r}; accepted: {', '.join(CURVATURES)}"
+            )
+        if isinstance(learning_rate, (int, float)):
+            _positive("learning_rate", learning_rate)
+        _positive("damping", damping, allow_zero=True)
+        if not 0.0 < damping_decay < 1.0:
+            raise ValueError(f"damping_decay must be in (0, 1); got {damping_decay!r}")
+        _positive("min_damping", min_damping, allow_zero=True)
+        if not max_damping >= min_damping:
+            raise ValueError(
+                f"max_damping ({max_damping}) must be >= min_damping ({min_damping})"
+            )
+        if not isinstance(cg_iters, int) or isinstance(cg_iters, bool) or cg_iters < 1:
+            raise ValueError(f"cg_iters must be an integer >= 1; got {cg_iters!r}")
+        _positive("cg_tol", cg_tol, allow_zero=True)
+        _positive("max_kl", max_kl, allow_none=True)
+        if not 0.0 < line_search_shrink < 1.0:
+            raise ValueError(f"line_search_shrink must be in (0, 1); got {line_search_shrink!r}")
+        if (
+            not isinstance(line_search_max_tries, int)
+            or isinstance(line_search_max_tries, bool)
+            or line_search_max_tries < 0
+        ):
+            raise ValueError(
+                f"line_search_max_tries must be an integer >= 0; got {line_search_max_tries!r}"
+            )
+        if not 0.0 < curvature_batch_fraction <= 1.0:
+            raise ValueError(
+                f"curvature_batch_fraction must be in (0, 1]; got {curvature_batch_fraction!r}"
+            )
+        check_method(hvp_method)
+        self.curvature = curvature
+        self.initial_damping = float(damping)
+        self.adaptive_damping = bool(adaptive_damping)
+        self.damping_decay = float(damping_decay)
+        self.min_damping = float(min_damping)
+        self.max_damping = float(max_damping)
+        self.cg_iters = cg_iters
+        self.cg_tol = float(cg_tol)
+        self.max_kl = None if max_kl is None else float(max_kl)
+        self.line_search_shrink = float(line_search_shrink)
+        self.line_search_max_tries = line_search_max_tries
+        self.curvature_batch_fraction = float(curvature_batch_fraction)
+        self.hvp_method = hvp_method
+
+    # Keras optimizer protocol ------------------------------------------------------------
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._damping = self.add_variable(
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_damping),
+            dtype="float64",
+            name="damping",
+        )
+
+    @property
+    def damping(self) -> float:
+        """The current damping ``λ`` (adaptive mode changes it every step)."""
+        if not self.built:
+            return self.initial_damping
+        return float(self._damping.numpy())
+
+    def apply(self, grads, trainable_variables=None):
+        raise RuntimeError(
+            "NaturalGradient cannot take a step from (gradient, variable) pairs alone: it needs "
+            "the loss and the model outputs on the batch to form curvature products. In a custom "
+            "loop call optimizer.minimize(loss_fn, variables, ...); for model.fit call "
+            "natgrad.enable_natural_gradient(model) after model.compile(...)."
+        )
+
+    def update_step(self, gradient, variable, learning_rate):
+        self.apply([gradient], [variable])
+
+    def get_config(self):
+        config = super().get_config()
+        for key in _UNSUPPORTED_BASE_KWARGS:
+            config.pop(key, None)
+        config.update(
+            {
+                "curvature": self.curvature,
+                "damping": self.initial_damping,
+                "adaptive_damping": self.adaptive_damping,
+                "damping_decay": self.damping_decay,
+                "min_damping": self.min_damping,
+                "max_damping": self.max_damping,
+                "cg_iters": self.cg_iters,
+                "cg_tol": self.cg_tol,
+                "max_kl": self.max_kl,
+                "line_search_shrink": self.line_search_shrink,
+                "line_search_max_tries": self.line_search_max_tries,
+                "curvature_batch_fraction": self.curvature_batch_fraction,
+                "hvp_method": self.hvp_method,
+            }
+        )
+        return config
+
+    # The step ---------------------------------------------------------------------------
+
+    def curvature_product(
+        self,
+        loss_fn: Callable[[], tf.Tensor],
+        variables: Sequence,
+        *,
+        kl_fn: Callable[[], tf.Tensor] | None = None,
+        outputs_fn: Callable[[], object] | None = None,
+        output_distribution: OutputDistribution | None = None,
+    ) -> Callable:
+        """The matvec ``v -> C v`` this optimizer's ``curvature`` setting asks for.
+
+        ``"hessian"``: Hessian of ``loss_fn``. ``"fisher"`` / ``"gauss_newton"``: ``Jᵀ H_out J v``
+        from ``outputs_fn`` and ``output_distribution.fisher_vector_product`` if both are given
+        (linearized once, see :func:`natgrad.gauss_newton_operator`),
+        else (``"fisher"`` only) the Hessian of ``kl_fn`` at the current variables.
+        """
+        if self.curvature == "hessian":
+            return lambda v: hessian_vector_product(loss_fn, variables, v, method=self.hvp_method)
+        if outputs_fn is not None and output_distribution is not None:
+            return gauss_newton_operator(
+                outputs_fn, variables, output_distribution.fisher_vector_product
+            )
+        if self.curvature == "fisher" and kl_fn is not None:
+            return lambda v: hessian_vector_product(kl_fn, variables, v, method=self.hvp_method)
+        raise ValueError(
+            f"curvature={self.curvature!r} needs outputs_fn and output_distribution (a "
+            "natgrad.distributions.OutputDistribution)"
+            + (", or a kl_fn whose Hessian is the Fisher" if self.curvature == "fisher" else "")
+            + ", or an explicit curvature_vector_product; got none of them"
+        )
+
+    def minimize(
+        self,
+        loss_fn: Callable[[], tf.Tensor],
+        var_list: Sequence,
+        *,
+        kl_fn: Callable[[], tf.Tensor] | None = None,
+        outputs_fn: Callable[[], object] | None = None,
+        output_distribution: OutputDistribution | None = None,
+        curvature_vector_product: Callable | None = None,
+    ) -> dict[str, tf.Tensor]:
+        """Takes one natural-gradient step on ``loss_fn`` and returns its statistics.
+
+        Args:
+          loss_fn: zero-argument callable returning the scalar loss ``L(θ)`` on the batch.
+          var_list: the variables ``θ`` to update (Keras or ``tf.Variable``).
+          kl_fn: optional zero-argument callable returning ``KL(π_θ₀ ‖ π_θ)`` against outputs
+            fixed *before* the step (so it is 0 at the start). Used for the trust-region test
+            in the line search and, with ``curvature="fisher"``, as the source of curvature.
+          outputs_fn, output_distribution: the model outputs on the curvature batch and the
+            distribution they parameterize (e.g. ``natgrad.distributions.CATEGORICAL``). Give
+            the fast Gauss-Newton form of the Fisher and, if ``kl_fn`` is omitted, the KL.
+          curvature_vector_product: optional ``v -> C v`` overriding the above.
+
+        Returns:
+          dict of scalar tensors: ``loss_before``, ``loss_after``, ``kl`` (NaN when no KL is
+          available), ``accepted`` (bool), ``line_search_tries``, ``step_fraction``,
+          ``step_norm`` (of the applied change), ``cg_iterations``, ``cg_residual``,
+          ``cg_status`` (index into ``natgrad.STATUS_NAMES``), ``damping`` (used for this
+          step), ``reduction_ratio`` (actual / predicted loss change).
+
+        Works eagerly and inside ``tf.function``.
+        """
+        variables = check_variables(var_list)
+        if not self.built:
+            self.build(variables)
+        if kl_fn is None and outputs_fn is not None and output_distribution is not None:
+            old_outputs = tf.nest.map_structure(tf.stop_gradient, outputs_fn())
+
+            def kl_fn():
+                return output_distribution.kl(old_outputs, outputs_fn())
+
+        matvec = curvature_vector_product or self.curvature_product(
+            loss_fn,
+            variables,
+            kl_fn=kl_fn,
+            outputs_fn=outputs_fn,
+            output_distribution=output_distribution,
+        )
+        if self.max_kl is not None and kl_fn is None:
+            raise ValueError(
+                "max_kl is set, so the line search must measure the KL: pass kl_fn, or "
+                "outputs_fn and output_distribution"
+            )
+
+        with tf.GradientTape() as tape:
+            loss_before = tf.convert_to_tensor(loss_fn())
+        if loss_before.shape.rank != 0:
+            raise ValueError(f"loss_fn must return a scalar; got shape {loss_before.shape}")
+        grads = tape.gradient(loss_before, variables)
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(grads, variables, strict=True)]
+        dtype = loss_before.dtype
+        finite_gradient = tf.math.is_finite(loss_before) & tf.reduce_all(
+            tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        )
+        # Zeros instead of NaN keep CG quiet; the step is rejected below anyway.
+        grads = [tf.where(finite_gradient, g, tf.zeros_like(g)) for g in grads]
+
+        damping = tf.cast(self._damping, dtype)
+        solve = conjugate_gradient(
+            matvec, grads, max_iters=self.cg_iters, tol=self.cg_tol, damping=damping
+        )
+        direction = solve.x
+        learning_rate = tf.cast(self.learning_rate, dtype)
+        if self.max_kl is not None:
+            beta, size_ok = trust_region_step_size(self.max_kl, solve.x_dot_ax)
+            scale = learning_rate * beta
+        else:
+            scale, size_ok = learning_rate, tf.constant(True)
+        step = [tf.cast(scale, d.dtype) * d for d in direction]
+        valid = finite_gradient & size_ok & (solve.status != NON_FINITE)
+
+        def evaluate():
+            loss = loss_fn()
+            kl = kl_fn() if kl_fn is not None else tf.constant(float("nan"), dtype)
+            return loss, kl
+
+        search = backtracking_line_search(
+            as_tf_variables(variables),
+            step,
+            evaluate,
+            loss_before=loss_before,
+            max_kl=self.max_kl,
+            shrink=self.line_search_shrink,
+            max_tries=self.line_search_max_tries,
+            enabled=valid,
+        )
+
+        # Quadratic model q(Δ) = gᵀΔ + ½ΔᵀCΔ at the taken step Δ = −f·scale·s, where
+        # sᵀCs = sᵀ(C + λI)s − λ‖s‖².
+        fraction = search.fraction * scale
+        s_dot_cs = solve.x_dot_ax - damping * dot(direction, direction)
+        predicted = -fraction * dot(grads, direction) + 0.5 * fraction**2 * s_dot_cs
+        actual = search.loss - loss_before
+        reduction_ratio = actual / tf.where(predicted == 0.0, tf.ones_like(predicted), predicted)
+
+        if self.adaptive_damping:
+            self._damping.assign(
+                tf.cast(
+                    levenberg_marquardt_damping(
+                        damping,
+                        reduction_ratio,
+                        search.accepted,
+                        decay=self.damping_decay,
+                        min_damping=self.min_damping,
+                        max_damping=self.max_damping,
+                    ),
+                    self._damping.dtype,
+                )
+            )
+        self.iterations.assign_add(1)
+        step_norm = fraction * tf.sqrt(dot(direction, direction))
+        return {
+            "loss_before": loss_before,
+            "loss_after": search.loss,
+            "kl": search.kl if kl_fn is not None else tf.constant(float("nan"), dtype),
+            "accepted": search.accepted,
+            "line_search_tries": search.tries,
+            "step_fraction": search.fraction,
+            "step_norm": step_norm,
+            "cg_iterations": solve.iterations,
+            "cg_residual": solve.residual_norm,
+            "cg_status": solve.status,
+            "damping": damping,
+            "reduction_ratio": reduction_ratio,
+        }

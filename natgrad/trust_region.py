@@ -1,0 +1,138 @@
+"""Trust-region pieces of a natural-gradient step: step size, line search, adaptive damping.
+
+Given a direction ``s ≈ (F + λI)⁻¹ g`` and a KL budget ``δ``, the largest step along ``−s``
+whose quadratic KL model ``½ (βs)ᵀ(F + λI)(βs)`` equals ``δ`` is ``β = sqrt(2δ / sᵀ(F + λI)s)``
+(Schulman et al., 2015, Appendix C). The quadratic model can be wrong, so a backtracking line
+search tries ``θ₀ − shrinkᵏ·step`` for ``k = 0, 1, …`` and takes the first that lowers the loss
+and keeps the measured KL within ``δ``; if none does, the variables are restored bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import tensorflow as tf
+
+
+def trust_region_step_size(max_kl, s_dot_fs) -> tuple[tf.Tensor, tf.Tensor]:
+    """``β = sqrt(2·max_kl / sᵀ(F + λI)s)`` and whether it is usable.
+
+    Returns ``(β, ok)``; ``ok`` is false, and ``β`` zero, when ``sᵀ(F + λI)s`` is not a
+    positive finite number (then ``2δ / sᵀFs`` would be negative, infinite or NaN).
+    """
+    s_dot_fs = tf.convert_to_tensor(s_dot_fs)
+    max_kl = tf.cast(max_kl, s_dot_fs.dtype)
+    ok = tf.math.is_finite(s_dot_fs) & (s_dot_fs > 0.0)
+    safe = tf.where(ok, s_dot_fs, tf.ones_like(s_dot_fs))
+    beta = tf.sqrt(2.0 * max_kl / safe)
+    ok = ok & tf.math.is_finite(beta)
+    return tf.where(ok, beta, tf.zeros_like(beta)), ok
+
+
+class LineSearchResult(NamedTuple):
+    """Outcome of :func:`backtracking_line_search`.
+
+    ``accepted`` (bool), ``tries`` (int32: how many points were evaluated), ``fraction``
+    (the accepted ``shrinkᵏ``, 0 if none), ``loss`` and ``kl`` at the final variables.
+    """
+
+    accepted: tf.Tensor
+    tries: tf.Tensor
+    fraction: tf.Tensor
+    loss: tf.Tensor
+    kl: tf.Tensor
+
+
+def backtracking_line_search(
+    variables: Sequence,
+    step: Sequence,
+    evaluate: Callable[[], tuple[tf.Tensor, tf.Tensor]],
+    *,
+    loss_before: tf.Tensor,
+    max_kl=None,
+    shrink: float = 0.8,
+    max_tries: int = 10,
+    enabled=True,
+) -> LineSearchResult:
+    """Tries ``θ₀ − shrinkᵏ·step`` for ``k < max_tries``; restores ``θ₀`` exactly if none passes.
+
+    A point is accepted when ``evaluate() -> (loss, kl)`` is finite, ``loss < loss_before``, and
+    (if ``max_kl`` is given) ``kl ≤ max_kl``. ``max_tries == 0`` applies the full step and
+    accepts it if the loss is finite (no improvement or KL test). ``enabled`` (a bool tensor)
+    false skips the search and leaves the variables untouched.
+    """
+    theta0 = [tf.identity(v) for v in variables]
+    dtype = loss_before.dtype
+    check = max_tries > 0
+    tries_cap = max(max_tries, 1)
+
+    def assign(fraction):
+        for v, v0, d in zip(variables, theta0, step, strict=True):
+            v.assign(v0 - tf.cast(fraction, v0.dtype) * d)
+
+    def cond(k, accepted, fraction, loss, kl):
+        return enabled & ~accepted & (k < tries_cap)
+
+    def body(k, accepted, fraction, loss, kl):
+        fraction = tf.cast(shrink, dtype) ** tf.cast(k, dtype)
+        assign(fraction)
+        loss, kl = evaluate()
+        loss = tf.cast(loss, dtype)
+        kl = tf.cast(kl, dtype)
+        accepted = tf.math.is_finite(loss)
+        if check:
+            accepted = accepted & (loss < loss_before)
+            if max_kl is not None:
+                accepted = accepted & tf.math.is_finite(kl) & (kl <= tf.cast(max_kl, dtype))
+        return k + 1, accepted, fraction, loss, kl
+
+    nan = tf.constant(float("nan"), dtype)
+    tries, accepted, fraction, loss, kl = tf.while_loop(
+        cond, body, (tf.constant(0), tf.constant(False), tf.zeros([], dtype), loss_before, nan)
+    )
+
+    def restore():
+        for v, v0 in zip(variables, theta0, strict=True):
+            v.assign(v0)
+        return tf.constant(0)
+
+    def keep():
+        return tf.constant(0)
+
+    # Variables change only inside the loop, so restoring matters only if it ran.
+    tf.cond(accepted | (tries == 0), keep, restore)
+    return LineSearchResult(
+        accepted=accepted,
+        tries=tries,
+        fraction=tf.where(accepted, fraction, tf.zeros_like(fraction)),
+        loss=tf.where(accepted, loss, loss_before),
+        kl=tf.where(accepted, kl, tf.zeros_like(kl)),
+    )
+
+
+def levenberg_marquardt_damping(
+    damping: tf.Tensor,
+    reduction_ratio: tf.Tensor,
+    accepted: tf.Tensor,
+    *,
+    decay: float = 2.0 / 3.0,
+    min_damping: float = 1e-8,
+    max_damping: float = 1e4,
+) -> tf.Tensor:
+    """Levenberg-Marquardt rule (Martens, 2010, §4.1) for the next damping ``λ``.
+
+    ``ρ = (L(θ_new) − L(θ₀)) / q(Δ)`` compares the actual loss change with the quadratic
+    model's ``q(Δ) = gᵀΔ + ½ ΔᵀAΔ``. ``ρ > ¾``: the model is trusted, ``λ ← decay·λ``;
+    ``ρ < ¼`` or a rejected step: ``λ ← λ / decay``; else unchanged. Clipped to
+    ``[min_damping, max_damping]``.
+    """
+    damping = tf.convert_to_tensor(damping)
+    rho = tf.cast(reduction_ratio, damping.dtype)
+    decay = tf.cast(decay, damping.dtype)
+    new = tf.where(
+        ~accepted | ~tf.math.is_finite(rho) | (rho < 0.25),
+        damping / decay,
+        tf.where(rho > 0.75, damping * decay, damping),
+    )
+    return tf.clip_by_value(new, min_damping, max_damping)

@@ -1,0 +1,108 @@
+"""Shared fixtures: small float32 / float64 Keras models and the batches they are fed.
+
+Keras caches its global dtype policy, so nothing here calls ``keras.backend.set_floatx``: every
+float64 model is built with ``dtype="float64"`` on its ``Input`` and on every layer.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+IN_DIM, HIDDEN, OUT_DIM, NUM_CLASSES, BATCH = 3, 4, 2, 3, 5
+
+
+def make_tanh_mlp(dtype: str, *, out_dim: int = OUT_DIM, seed: int = 0) -> keras.Model:
+    """``Dense(HIDDEN, tanh) -> Dense(out_dim)``: 26 parameters for the defaults."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((IN_DIM,), dtype=dtype)
+    hidden = keras.layers.Dense(HIDDEN, activation="tanh", dtype=dtype)(inputs)
+    outputs = keras.layers.Dense(out_dim, dtype=dtype)(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def make_classifier(dtype: str, *, seed: int = 1) -> tuple[keras.Model, keras.Model]:
+    """A softmax classifier as two models sharing every variable: ``(logits, probs)``."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((IN_DIM,), dtype=dtype)
+    hidden = keras.layers.Dense(HIDDEN, activation="tanh", dtype=dtype)(inputs)
+    logits = keras.layers.Dense(NUM_CLASSES, dtype=dtype)(hidden)
+    probs = keras.layers.Activation("softmax", dtype=dtype)(logits)
+    return keras.Model(inputs, logits), keras.Model(inputs, probs)
+
+
+def make_gaussian_policy(dtype: str, *, seed: int = 2) -> tuple[keras.Model, keras.Variable]:
+    """A mean network and a learned, state-independent ``log_std`` of shape ``[OUT_DIM]``."""
+    model = make_tanh_mlp(dtype, seed=seed)
+    rng = np.random.default_rng(seed)
+    log_std = keras.Variable(
+        rng.uniform(-0.5, 0.3, OUT_DIM), dtype=dtype, name="log_std", trainable=True
+    )
+    return model, log_std
+
+
+def make_two_head_gaussian(dtype: str, *, seed: int = 3) -> keras.Model:
+    """A model with two heads, ``(mean [N, D], log_std [N, D])``: a per-sample ``log_std``."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((IN_DIM,), dtype=dtype)
+    hidden = keras.layers.Dense(HIDDEN, activation="tanh", dtype=dtype)(inputs)
+    mean = keras.layers.Dense(OUT_DIM, dtype=dtype)(hidden)
+    log_std = keras.layers.Dense(OUT_DIM, dtype=dtype)(hidden)
+    return keras.Model(inputs, [mean, log_std])
+
+
+def make_batch(dtype: str, *, seed: int = 10) -> dict[str, tf.Tensor]:
+    """Inputs, regression targets and class labels for a batch of ``BATCH`` samples."""
+    rng = np.random.default_rng(seed)
+    return {
+        "x": tf.constant(rng.normal(size=(BATCH, IN_DIM)), dtype=dtype),
+        "y": tf.constant(rng.normal(size=(BATCH, OUT_DIM)), dtype=dtype),
+        "labels": tf.constant(rng.integers(0, NUM_CLASSES, size=BATCH), dtype=tf.int32),
+    }
+
+
+def random_vector(variables, *, seed: int = 20) -> list[tf.Tensor]:
+    """A random tangent shaped like ``variables`` (one tensor per variable, same dtype)."""
+    rng = np.random.default_rng(seed)
+    return [tf.constant(rng.normal(size=tuple(v.shape)), dtype=v.dtype) for v in variables]
+
+
+def numpy_flat(tensors) -> np.ndarray:
+    """Concatenates tensors into one float64 NumPy vector, independently of natgrad.flatten."""
+    return np.concatenate([np.reshape(np.asarray(t, dtype=np.float64), -1) for t in tensors])
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tanh_mlp(dtype):
+    return make_tanh_mlp(dtype)
+
+
+@pytest.fixture
+def classifier(dtype):
+    return make_classifier(dtype)
+
+
+@pytest.fixture
+def batch(dtype):
+    return make_batch(dtype)
+
+
+@pytest.fixture
+def tanh_mlp64():
+    return make_tanh_mlp("float64")
+
+
+@pytest.fixture
+def batch64():
+    return make_batch("float64")
