@@ -13,10 +13,13 @@ from natgrad.curvature import (
     hessian,
     hessian_vector_product,
 )
+from natgrad.keras_fit import enable_natural_gradient, output_distribution_for_loss
 from natgrad.optimizer import NaturalGradient
 from natgrad.structure import flatten, unflatten
 
 __all__ = [
+    "enable_natural_gradient",
+    "output_distribution_for_loss",
     "NaturalGradient",
     "CGResult",
     "HVP_METHODS",

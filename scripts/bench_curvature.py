@@ -8,13 +8,17 @@ inside ``tf.function`` (and again with ``jit_compile=True`` when XLA works on th
 * ``hvp_reverse_over_reverse`` / ``hvp_forward_over_reverse``: ``hessian_vector_product`` of
   the KL (at ``θ = θ_old`` its Hessian is the Fisher, so both are Fisher-vector products);
 * ``fvp_gauss_newton``: ``gauss_newton_vector_product`` with the analytic categorical Fisher,
-  the exact Fisher-vector product.
+  the exact Fisher-vector product;
+* ``fvp_linearized_per_cg_step``: ``gauss_newton_operator`` (the model run once, then each
+  product reuses its activations) applied ``CG_ITERS`` times in a chain, as inside one CG
+  solve; the time is divided by ``CG_ITERS``, so it is the cost of one Fisher-vector product
+  as CG (and so ``NaturalGradient`` and TRPO) pays it, forward pass included.
 
 Each call is forced with ``.numpy()`` on a reduced scalar. The methods are measured round-robin
 within each repeat (with a rotating start) so that drift hits them alike; a row's ``ms`` is the
 median over repeats and its ratio the median of the same-repeat ratios to the gradient. The
 target check (the fastest Fisher-vector product <= 1.4x a gradient) uses, per policy, the best
-of the three products in either mode, each against the gradient of its own mode.
+of the four products in either mode, each against the gradient of its own mode.
 
 Part 2: conjugate gradient (10 iterations, HVP matvec, in ``tf.function``) against the dense
 Hessian (``natgrad.hessian``) plus ``tf.linalg.solve``, for MLPs of about 100, 1,000 and 5,000
@@ -47,7 +51,8 @@ import natgrad  # noqa: E402
 from natgrad import distributions  # noqa: E402
 
 TARGET_RATIO = 1.4
-PRODUCTS = ("hvp_reverse_over_reverse", "hvp_forward_over_reverse", "fvp_gauss_newton")
+PRODUCTS = ("hvp_reverse_over_reverse", "hvp_forward_over_reverse", "fvp_gauss_newton",
+            "fvp_linearized_per_cg_step")
 CG_ITERS = 10
 CG_DAMPING = 0.1
 
@@ -150,17 +155,33 @@ def make_policy_fns(model: keras.Model, x: tf.Tensor, old_logits: tf.Tensor, vec
             lambda: model(x), variables, vector,
             distributions.categorical_fisher_vector_product))
 
+    def fvp_linearized_chain():
+        matvec = natgrad.gauss_newton_operator(
+            lambda: model(x), variables, distributions.categorical_fisher_vector_product)
+
+        def step(i, v):
+            fv = matvec(v)
+            scale = tf.math.rsqrt(_sum_all([tf.square(t) for t in fv]) + 1e-30)
+            return i + 1, [t * scale for t in fv]
+
+        _, v = tf.while_loop(lambda i, v: i < CG_ITERS, step, (tf.constant(0), vector))
+        return _sum_all(v)
+
     raw = {
         "gradient": gradient,
         "hvp_reverse_over_reverse": hvp("reverse_over_reverse"),
         "hvp_forward_over_reverse": hvp("forward_over_reverse"),
         "fvp_gauss_newton": fvp_gauss_newton,
+        "fvp_linearized_per_cg_step": fvp_linearized_chain,
     }
     return {name: tf.function(fn, jit_compile=jit_compile) for name, fn in raw.items()}
 
 
+PER_CALL_PRODUCTS = {"fvp_linearized_per_cg_step": CG_ITERS}
+
+
 def check_products_agree(model, x, old_logits, vector) -> float:
-    """Largest relative difference between the three products (they are all the Fisher)."""
+    """Largest relative difference between the four products (they are all the Fisher)."""
     variables = model.trainable_variables
 
     def kl():
@@ -176,11 +197,14 @@ def check_products_agree(model, x, old_logits, vector) -> float:
             natgrad.flatten(natgrad.gauss_newton_vector_product(
                 lambda: model(x), variables, vector,
                 distributions.categorical_fisher_vector_product)),
+            natgrad.flatten(natgrad.gauss_newton_operator(
+                lambda: model(x), variables,
+                distributions.categorical_fisher_vector_product)(vector)),
         ]
 
-    ror, for_, gn = (p.numpy().astype(np.float64) for p in all_products())
+    ror, for_, gn, lin = (p.numpy().astype(np.float64) for p in all_products())
     scale = max(np.linalg.norm(gn), 1e-30)
-    return float(max(np.linalg.norm(ror - gn), np.linalg.norm(for_ - gn)) / scale)
+    return float(max(np.linalg.norm(d - gn) for d in (ror, for_, lin)) / scale)
 
 
 def xla_available() -> tuple[bool, str]:
@@ -209,6 +233,8 @@ def bench_policies(repeats: int, min_seconds: float, quick: bool, use_xla: bool)
             fns = make_policy_fns(model, x, old_logits, vector, jit_compile=jit)
             try:
                 times = time_round_robin(fns, repeats, min_seconds)
+                times = {m: [t / PER_CALL_PRODUCTS.get(m, 1) for t in ts]
+                         for m, ts in times.items()}
             except Exception as e:  # noqa: BLE001 - an XLA failure on this model
                 if not jit:
                     raise
@@ -399,7 +425,7 @@ def main(argv=None) -> int:
         print(f"  XLA rows skipped: {xla_error}")
     agreement = {r["policy"]: r["max_rel_diff_between_products"] for r in timed}
     for policy, diff in agreement.items():
-        print(f"  {policy}: the three products agree to a relative {diff:.1e}")
+        print(f"  {policy}: the four products agree to a relative {diff:.1e}")
 
     print(f"\nPart 2: CG ({CG_ITERS} iterations, HVP matvec) vs dense Hessian + solve, "
           f"float64, damping {CG_DAMPING}")

@@ -363,6 +363,36 @@ def test_gauss_newton_matches_dense_jt_h_j(case, dtype):
         np.testing.assert_allclose(numpy_flat(gn), dense @ numpy_flat(vector), **TOLS[dtype])
 
 
+@pytest.mark.parametrize("case", list(GN_CASES))
+def test_gauss_newton_operator_matches_dense_jt_h_j(case, dtype):
+    """The linearized operator reuses one forward pass for many products: same matrix."""
+    outputs_fn, variables, curvature, h_out = GN_CASES[case](dtype)
+    jac = dense_jacobian(outputs_fn, variables)
+    dense = jac.T @ h_out @ jac
+    matvec = natgrad.gauss_newton_operator(outputs_fn, variables, curvature)
+    for seed in (0, 1, 2):
+        vector = random_vector(variables, seed=seed)
+        np.testing.assert_allclose(numpy_flat(matvec(vector)), dense @ numpy_flat(vector),
+                                   **TOLS[dtype])
+
+
+def test_gauss_newton_operator_inside_compiled_cg_matches_dense_solve():
+    outputs_fn, variables, curvature, h_out = _gn_softmax("float64")
+    jac = dense_jacobian(outputs_fn, variables)
+    n = jac.shape[1]
+    b = random_vector(variables, seed=3)
+    damping = 0.05
+
+    @tf.function
+    def solve():
+        matvec = natgrad.gauss_newton_operator(outputs_fn, variables, curvature)
+        return natgrad.conjugate_gradient(matvec, b, max_iters=4 * n, tol=1e-13,
+                                          damping=damping).x
+
+    exact = np.linalg.solve(jac.T @ h_out @ jac + damping * np.eye(n), numpy_flat(b))
+    np.testing.assert_allclose(numpy_flat(solve()), exact, rtol=1e-6, atol=1e-9)
+
+
 def test_gauss_newton_in_tf_function_matches_eager():
     outputs_fn, variables, curvature, _ = _gn_gaussian("float64")
     vector = random_vector(variables)
