@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from natgrad.structure import dot
+from natgrad.structure import as_dtype, dot
 
 CONVERGED, MAX_ITERS, NEGATIVE_CURVATURE, NON_FINITE = 0, 1, 2, 3
 STATUS_NAMES = ("converged", "max_iters", "negative_curvature", "non_finite")
@@ -57,17 +57,6 @@ class CGResult(NamedTuple):
 def _axpy(alpha, x, y):
     """``alpha · x + y`` over matching structures."""
     return tf.nest.map_structure(lambda a, b: alpha * a + b, x, y)
-
-
-def _as_dtype(value, dtype) -> tf.Tensor:
-    """A scalar argument as a tensor of ``dtype``.
-
-    ``tf.cast`` of a Python float would go through float32 first and round, e.g., a float64
-    damping of 0.1; Python and NumPy numbers are converted to ``dtype`` directly instead.
-    """
-    if tf.is_tensor(value):
-        return tf.cast(value, dtype)
-    return tf.convert_to_tensor(value, dtype=dtype)
 
 
 def _all_finite(*structures) -> tf.Tensor:
@@ -113,8 +102,8 @@ def conjugate_gradient(
 
     b = tf.nest.map_structure(tf.convert_to_tensor, b)
     dtype = tf.nest.flatten(b)[0].dtype
-    damping = _as_dtype(damping, dtype)
-    tol = _as_dtype(tol, dtype)
+    damping = as_dtype(damping, dtype)
+    tol = as_dtype(tol, dtype)
 
     def damped_matvec(v):
         return _axpy(damping, v, matvec(v))

@@ -173,7 +173,10 @@ class NaturalGradient(keras.optimizers.Optimizer):
         super().build(var_list)
         self._damping = self.add_variable(
             shape=(),
-            initializer=keras.initializers.Constant(self.initial_damping),
+            # Not keras.initializers.Constant: it casts through float32 (1e-3 -> 1.00000005e-3).
+            initializer=lambda shape, dtype=None: tf.constant(
+                self.initial_damping, dtype=dtype, shape=shape
+            ),
             dtype="float64",
             name="damping",
         )

@@ -114,6 +114,18 @@ def unflatten(vector: tf.Tensor, like: Sequence) -> list[tf.Tensor]:
     return [tf.reshape(p, s) for p, s in zip(tf.split(vector, sizes), shapes, strict=True)]
 
 
+def as_dtype(value, dtype) -> tf.Tensor:
+    """A scalar hyperparameter as a tensor of ``dtype``.
+
+    ``tf.cast`` of a Python float goes through float32 and rounds (``0.01`` or ``2/3`` lose
+    digits in a float64 computation), so Python numbers are converted to ``dtype`` directly;
+    tensors are cast.
+    """
+    if tf.is_tensor(value):
+        return tf.cast(value, dtype)
+    return tf.convert_to_tensor(value, dtype=dtype)
+
+
 def dot(a, b) -> tf.Tensor:
     """Inner product ``sum_i <a_i, b_i>`` of two equally structured (nested) tensor lists."""
     terms = [tf.reduce_sum(x * y) for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b),

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from natgrad.structure import as_dtype
+
 
 def trust_region_step_size(max_kl, s_dot_fs) -> tuple[tf.Tensor, tf.Tensor]:
     """``β = sqrt(2·max_kl / sᵀ(F + λI)s)`` and whether it is usable.
@@ -22,7 +24,7 @@ def trust_region_step_size(max_kl, s_dot_fs) -> tuple[tf.Tensor, tf.Tensor]:
     positive finite number (then ``2δ / sᵀFs`` would be negative, infinite or NaN).
     """
     s_dot_fs = tf.convert_to_tensor(s_dot_fs)
-    max_kl = tf.cast(max_kl, s_dot_fs.dtype)
+    max_kl = as_dtype(max_kl, s_dot_fs.dtype)
     ok = tf.math.is_finite(s_dot_fs) & (s_dot_fs > 0.0)
     safe = tf.where(ok, s_dot_fs, tf.ones_like(s_dot_fs))
     beta = tf.sqrt(2.0 * max_kl / safe)
@@ -75,7 +77,7 @@ def backtracking_line_search(
         return enabled & ~accepted & (k < tries_cap)
 
     def body(k, accepted, fraction, loss, kl):
-        fraction = tf.cast(shrink, dtype) ** tf.cast(k, dtype)
+        fraction = as_dtype(shrink, dtype) ** tf.cast(k, dtype)
         assign(fraction)
         loss, kl = evaluate()
         loss = tf.cast(loss, dtype)
@@ -84,7 +86,7 @@ def backtracking_line_search(
         if check:
             accepted = accepted & (loss < loss_before)
             if max_kl is not None:
-                accepted = accepted & tf.math.is_finite(kl) & (kl <= tf.cast(max_kl, dtype))
+                accepted = accepted & tf.math.is_finite(kl) & (kl <= as_dtype(max_kl, dtype))
         return k + 1, accepted, fraction, loss, kl
 
     nan = tf.constant(float("nan"), dtype)
@@ -129,7 +131,7 @@ def levenberg_marquardt_damping(
     """
     damping = tf.convert_to_tensor(damping)
     rho = tf.cast(reduction_ratio, damping.dtype)
-    decay = tf.cast(decay, damping.dtype)
+    decay = as_dtype(decay, damping.dtype)
     new = tf.where(
         ~accepted | ~tf.math.is_finite(rho) | (rho < 0.25),
         damping / decay,
