@@ -1,0 +1,7 @@
+"""``python -m agents``: the ``natgrad-trpo`` command line (see :mod:`agents.cli`)."""
+
+import sys
+
+from agents.cli import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""``TRPOConfig``: every TRPO hyperparameter in one dataclass, and the per-env presets.
+
+A run's configuration is resolved as ``TRPOConfig defaults <- preset(env id) <- overrides``
+(:func:`resolve_config`), then checked by :meth:`TRPOConfig.validate` before any environment
+is stepped. Presets live in ``agents/presets.toml`` (one table per Gymnasium env id, after the
+RL Baselines3 Zoo TRPO hyperparameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ACTIVATIONS = ("tanh", "relu", "elu")
+VECTORIZATIONS = ("sync", "async")
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TRPOConfig:
+    """Hyperparameters of one TRPO run (Schulman et al., 2015), with the peers' defaults."""
+
+    env_id: str = _help("Gymnasium environment id, e.g. 'CartPole-v1'.", "")
+    seed: int = _help("Seed of every random number: initial weights, actions, envs.", 0)
+    n_envs: int = _help("Number of environments stepped in parallel.", 2)
+    vectorization: str = _help("'sync' (one process) or 'async' (one process per env).", "sync")
+    n_steps: int = _help("Steps per environment per update; a batch holds n_envs*n_steps.", 1024)
+    total_steps: int = _help("Environment steps (summed over envs) of a whole run.", 100_000)
+    gamma: float = _help("Discount factor γ in [0, 1].", 0.99)
+    gae_lambda: float = _help("GAE λ in [0, 1]: bias/variance of the advantage estimate.", 0.95)
+    max_kl: float = _help("Trust-region radius δ: largest mean KL(π_old‖π_new) of a step.", 0.01)
+    cg_iters: int = _help("Conjugate-gradient iterations for the natural-gradient direction.", 10)
+    cg_damping: float = _help("Damping λ added to the Fisher's diagonal in CG: (F + λI)s = g.", 0.1)
+    line_search_shrink: float = _help("Backtracking factor of the line search, in (0, 1).", 0.8)
+    line_search_max_tries: int = _help("Line-search points tried before the step is rejected.",
+                                       10)
+    fisher_subsample: int = _help("Use every k-th sample of the batch for Fisher products.", 1)
+    policy_hidden: tuple = _help("Hidden layer widths of the policy network.", (64, 64))
+    value_hidden: tuple = _help("Hidden layer widths of the value network.", (64, 64))
+    activation: str = _help("Hidden activation of both networks: tanh, relu or elu.", "tanh")
+    critic_lr: float = _help("Adam learning rate of the value network.", 1e-3)
+    critic_epochs: int = _help("Passes of the value fit over each batch.", 10)
+    critic_batch_size: int = _help("Minibatch size of the value fit.", 128)
+    normalize_obs: bool = _help("Standardize observations with running statistics (clip 10).",
+                                False)
+    normalize_advantages: bool = _help("Standardize advantages to mean 0, std 1 per batch.", True)
+    log_std_init: float = _help("Initial log standard deviation of a Gaussian policy.", 0.0)
+    checkpoint_every: int = _help("Write a checkpoint every this many updates (and at the end).",
+                                  10)
+    eval_episodes: int = _help("Episodes of a deterministic evaluation.", 10)
+
+    def validate(self) -> TRPOConfig:
+        """Raises ``ValueError`` naming the field, the bad value and what is accepted."""
+        problems = []
+
+        def need(ok: bool, name: str, accepted: str):
+            if not ok:
+                problems.append(f"{name}={getattr(self, name)!r} (accepted: {accepted})")
+
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def is_num(x):
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        need(isinstance(self.env_id, str) and bool(self.env_id), "env_id", "a non-empty env id")
+        need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
+        for name in ("n_envs", "n_steps", "total_steps", "cg_iters", "fisher_subsample",
+                     "critic_epochs", "critic_batch_size", "checkpoint_every", "eval_episodes"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
+        need(is_int(self.line_search_max_tries) and self.line_search_max_tries >= 0,
+             "line_search_max_tries", "an integer >= 0")
+        need(self.vectorization in VECTORIZATIONS, "vectorization", " or ".join(VECTORIZATIONS))
+        need(self.activation in ACTIVATIONS, "activation", ", ".join(ACTIVATIONS))
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            need(is_num(value) and 0.0 <= value <= 1.0, name, "a number in [0, 1]")
+        for name in ("max_kl", "critic_lr"):
+            need(is_num(getattr(self, name)) and getattr(self, name) > 0, name, "a number > 0")
+        need(is_num(self.cg_damping) and self.cg_damping >= 0, "cg_damping", "a number >= 0")
+        need(is_num(self.line_search_shrink) and 0.0 < self.line_search_shrink < 1.0,
+             "line_search_shrink", "a number in (0, 1)")
+        need(is_num(self.log_std_init), "log_std_init", "a finite number")
+        for name in ("policy_hidden", "value_hidden"):
+            value = getattr(self, name)
+            need(isinstance(value, tuple) and all(is_int(w) and w >= 1 for w in value), name,
+                 "a tuple of integers >= 1, e.g. (64, 64)")
+        for name in ("normalize_obs", "normalize_advantages"):
+            need(isinstance(getattr(self, name), bool), name, "true or false")
+        if problems:
+            raise ValueError("invalid TRPO configuration: " + "; ".join(problems))
+        return self
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per update: ``n_envs * n_steps``."""
+        return self.n_envs * self.n_steps
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TRPOConfig))
+
+
+def _load_presets() -> dict[str, dict]:
+    text = resources.files("agents").joinpath("presets.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+_PRESETS = _load_presets()
+PRESET_NAMES = tuple(_PRESETS)
+
+
+def load_preset(name: str) -> dict:
+    """The preset table for ``name`` (an env id) as a dict of TRPOConfig fields + total_steps."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESET_NAMES)}")
+    return dict(_PRESETS[name])
+
+
+def config_from_dict(values: dict) -> TRPOConfig:
+    """Builds a TRPOConfig from a dict, rejecting unknown keys and turning lists into tuples."""
+    unknown = sorted(set(values) - set(FIELD_NAMES))
+    if unknown:
+        raise ValueError(
+            f"unknown TRPO setting(s) {', '.join(unknown)}; accepted: {', '.join(FIELD_NAMES)}"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return TRPOConfig(**values)
+
+
+def resolve_config(env_id: str, preset: str | None = None, **overrides) -> TRPOConfig:
+    """``defaults <- preset <- overrides``, validated.
+
+    ``preset=None`` uses the preset named ``env_id`` if there is one; a preset name uses that
+    table (for example a MuJoCo preset for another MuJoCo env).
+    """
+    values: dict = {}
+    if preset is not None:
+        values.update(load_preset(preset))
+    elif env_id in _PRESETS:
+        values.update(load_preset(env_id))
+    values.update(overrides)
+    values["env_id"] = env_id
+    return config_from_dict(values).validate()

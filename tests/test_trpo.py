@@ -1,0 +1,164 @@
+"""The TRPO agent: configuration checks, spaces, the update, learning and determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import agents
+from agents import TRPO, TRPOConfig, load_preset
+from agents.config import resolve_config
+
+SMALL = {"n_envs": 2, "n_steps": 64, "critic_epochs": 2, "policy_hidden": (16,),
+         "value_hidden": (16,)}
+
+
+# Configuration -----------------------------------------------------------------------------
+
+
+def test_every_preset_resolves_to_a_valid_config():
+    assert set(agents.PRESET_NAMES) >= {"CartPole-v1", "Acrobot-v1", "Pendulum-v1",
+                                        "MountainCarContinuous-v0", "Hopper-v5",
+                                        "HalfCheetah-v5", "Walker2d-v5"}
+    for name in agents.PRESET_NAMES:
+        assert "total_steps" in load_preset(name)
+        resolve_config(name)
+    cartpole = resolve_config("CartPole-v1")
+    assert (cartpole.n_envs, cartpole.n_steps, cartpole.gae_lambda, cartpole.cg_damping,
+            cartpole.critic_epochs, cartpole.total_steps) == (2, 512, 0.98, 1e-3, 20, 100_000)
+    hopper = resolve_config("Hopper-v5")
+    assert hopper.normalize_obs and hopper.cg_iters == 25 and hopper.total_steps == 1_000_000
+
+
+def test_overrides_win_over_presets_and_config_fields_have_help():
+    assert resolve_config("CartPole-v1", n_steps=256).n_steps == 256
+    assert resolve_config("Walker2d-v5", preset="Hopper-v5").normalize_obs
+    import dataclasses
+
+    assert all(f.metadata.get("help") for f in dataclasses.fields(TRPOConfig))
+
+
+@pytest.mark.parametrize("bad", [
+    {"max_kl": -0.01}, {"n_steps": 0}, {"total_steps": 0}, {"gamma": 1.5}, {"gae_lambda": -0.1},
+    {"activation": "swish"}, {"vectorization": "threads"}, {"cg_iters": 0},
+    {"line_search_shrink": 1.0}, {"policy_hidden": (64, 0)}, {"n_envs": 1.5},
+])
+def test_bad_config_values_raise_before_training(bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        TRPO("CartPole-v1", **bad)
+
+
+def test_unknown_names_raise():
+    with pytest.raises(ValueError, match="known presets: .*CartPole-v1"):
+        load_preset("NoSuchPreset")
+    with pytest.raises(ValueError, match="learning_rate"):
+        TRPO("CartPole-v1", learning_rate=0.1)
+    with pytest.raises(ValueError, match="NoSuchEnv-v0"):
+        TRPO("NoSuchEnv-v0")
+
+
+class _SpaceEnv(gym.Env):
+    def __init__(self, observation_space, action_space):
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("obs_space, act_space, which", [
+    (gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (2,))}), gym.spaces.Discrete(2), "observation"),
+    (gym.spaces.Box(-1, 1, (2, 2)), gym.spaces.Discrete(2), "observation"),
+    (gym.spaces.Box(-1, 1, (3,)), gym.spaces.MultiDiscrete([2, 3]), "action"),
+    (gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2, 2)), "action"),
+])
+def test_unsupported_spaces_raise(obs_space, act_space, which):
+    with pytest.raises(ValueError, match=f"unsupported {which} space.*supported"):
+        TRPO(lambda: _SpaceEnv(obs_space, act_space), env_id="custom")
+
+
+# The update --------------------------------------------------------------------------------
+
+
+def _recording(agent):
+    calls = []
+    inner = agent._update_fn
+
+    def wrapped(obs, actions, advantages, returns, order):
+        calls.append(advantages)
+        return inner(obs, actions, advantages, returns, order)
+
+    agent._update_fn = wrapped
+    return calls
+
+
+def test_advantages_are_normalized_and_used():
+    agent = TRPO("CartPole-v1", **SMALL)
+    calls = _recording(agent)
+    before = [v.numpy() for v in agent.policy.trainable_variables]
+    agent.learn(128)
+    (advantages,) = calls
+    assert abs(advantages.mean()) < 1e-5 and abs(advantages.std() - 1.0) < 1e-3
+    row = agent.history[0]
+    assert row["accepted"] == 1 and row["surrogate_improvement"] > 0 and 0 < row["kl"] <= 0.01
+    assert any(not np.array_equal(b, v.numpy())
+               for b, v in zip(before, agent.policy.trainable_variables, strict=True))
+    raw = TRPO("CartPole-v1", normalize_advantages=False, **SMALL)
+    raw_calls = _recording(raw)
+    raw.learn(128)
+    assert raw_calls[0].mean() > 1.0  # CartPole's raw advantages are mostly positive
+
+
+def test_gaussian_log_std_changes_after_an_update():
+    agent = TRPO("Pendulum-v1", **SMALL)
+    assert agent.policy.distribution.name == "diagonal_gaussian"
+    log_std = agent.policy.log_std.numpy().copy()
+    agent.learn(256)
+    assert any(row["accepted"] for row in agent.history)
+    assert not np.array_equal(log_std, agent.policy.log_std.numpy())
+    action = agent.predict(np.zeros(3, np.float32))
+    assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
+
+
+def test_short_cartpole_run_learns_and_writes_its_run_dir(tmp_path):
+    agent = TRPO("CartPole-v1", run_dir=tmp_path, total_steps=20_480)
+    agent.learn()
+    returns = [row["mean_return"] for row in agent.history]
+    assert agent.num_timesteps == 20_480
+    assert np.mean(returns[-3:]) > np.mean(returns[:3]) + 50, returns
+    with open(tmp_path / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(agent.history) == 20
+    assert set(rows[0]) == set(agent.history[0])
+    assert json.loads((tmp_path / "config.json").read_text())["n_steps"] == 512
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert (tmp_path / "checkpoints" / "update_000020.ckpt").exists()
+    result = agent.evaluate(episodes=2)
+    assert set(result) == {"mean_return", "std_return", "episodes", "returns"}
+    assert result["episodes"] == 2 and len(result["returns"]) == 2
+    batch = agent.predict(np.zeros((5, 4), np.float32))
+    assert batch.shape == (5,) and np.asarray(agent.predict(np.zeros(4))).shape == ()
+
+
+def _without_timing(history):
+    return [{k: v for k, v in row.items() if k not in ("wall_time", "steps_per_second")}
+            for row in history]
+
+
+def test_same_seed_gives_an_identical_run():
+    runs = [TRPO("CartPole-v1", seed=3, normalize_obs=True, **SMALL).learn(384)
+            for _ in range(2)]
+    assert _without_timing(runs[0].history) == _without_timing(runs[1].history)
+    for a, b in zip(runs[0].policy.trainable_variables, runs[1].policy.trainable_variables,
+                    strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    other = TRPO("CartPole-v1", seed=4, normalize_obs=True, **SMALL).learn(384)
+    assert _without_timing(other.history) != _without_timing(runs[0].history)
