@@ -21,13 +21,14 @@ environment is stepped; a run directory this command created for the failed run 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from agents.overrides import parse_int, parse_overrides
 
 DEFAULT_ENV_ID = "CartPole-v1"
 RUNS_DIR = Path("runs")
@@ -55,7 +56,7 @@ def _int_at_least(minimum: int, what: str):
 
     def parse(text: str) -> int:
         try:
-            value = _parse_int(text)
+            value = parse_int(text)
         except ValueError:
             value = None
         if value is None or value < minimum:
@@ -67,66 +68,6 @@ def _int_at_least(minimum: int, what: str):
 
 positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "an integer >= 0")
-
-
-def _parse_int(text: str) -> int:
-    """``"2048"``, ``"100_000"`` or ``"1e5"`` as an int; ``ValueError`` otherwise."""
-    try:
-        return int(text)
-    except ValueError:
-        number = float(text)
-        if not number.is_integer():
-            raise ValueError(text) from None
-        return int(number)
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-def _parse_int_tuple(text: str) -> tuple:
-    """``"64,64"``, ``"(64, 64)"``, ``"[64,64]"`` or ``"64"`` as a tuple of ints (``""`` → ())."""
-    inner = text.strip().strip("()[]").strip()
-    if not inner:
-        return ()
-    return tuple(_parse_int(part.strip()) for part in inner.split(",") if part.strip())
-
-
-def parse_overrides(pairs: list[str] | None, config_cls) -> dict:
-    """``["key=value", ...]`` as ``{field: typed value}`` for the dataclass ``config_cls``.
-
-    Keys are field names (``-`` may stand for ``_``). Each value is converted to the type of
-    the field's default: bool (``true/false/1/0/yes/no``), int (``100_000``, ``1e5``), float,
-    tuple of ints (``64,64``) or str. Range checks are left to the config's own validation.
-
-    Raises:
-        UsageError: for a pair without ``=``, an unknown key or an unconvertible value.
-    """
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    overrides: dict = {}
-    for pair in pairs or ():
-        key, sep, text = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise UsageError(f"--set expects key=value, got {pair!r}")
-        if key not in fields:
-            raise UsageError(
-                f"--set {key}: unknown setting; accepted: {', '.join(sorted(fields))}"
-            )
-        default = fields[key].default
-        kind = type(default) if default is not dataclasses.MISSING else str
-        parsers = {bool: _parse_bool, int: _parse_int, float: float, tuple: _parse_int_tuple}
-        try:
-            overrides[key] = parsers.get(kind, str)(text.strip())
-        except ValueError:
-            name = {tuple: "comma-separated integers"}.get(kind, kind.__name__)
-            raise UsageError(f"--set {key}={text!r}: expected {name}") from None
-    return overrides
 
 
 def fresh_run_dir(env_id: str, seed: int, root: Path = RUNS_DIR) -> Path:
@@ -244,7 +185,10 @@ def _prepare_new_run(args):
     from agents import PRESET_NAMES, TRPO, TRPOConfig, load_preset
 
     env_id = args.env_id or DEFAULT_ENV_ID
-    overrides = parse_overrides(args.set, TRPOConfig)
+    try:
+        overrides = parse_overrides(args.set, TRPOConfig)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.n_envs is not None:

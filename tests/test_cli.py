@@ -18,7 +18,6 @@ import sys
 import pytest
 
 from agents import cli
-from agents.config import TRPOConfig
 
 STEPS = 2048
 EVAL_KEYS = {"mean_return", "std_return", "episodes", "env_id", "steps", "seed", "wall_time"}
@@ -53,25 +52,6 @@ def trained_run(tmp_path_factory):
 
 
 # --- pure helpers ------------------------------------------------------------------------------
-
-
-def test_parse_overrides_converts_to_field_types():
-    overrides = cli.parse_overrides(
-        ["max_kl=0.02", "cg-iters=15", "total_steps=1e5", "normalize_obs=true",
-         "policy_hidden=32,32", "value_hidden=(16,)", "activation=relu"], TRPOConfig)
-    assert overrides == {"max_kl": 0.02, "cg_iters": 15, "total_steps": 100_000,
-                         "normalize_obs": True, "policy_hidden": (32, 32),
-                         "value_hidden": (16,), "activation": "relu"}
-    assert type(overrides["cg_iters"]) is int and type(overrides["max_kl"]) is float
-
-
-@pytest.mark.parametrize("pair, fragment", [
-    ("max_kl", "key=value"), ("nope=1", "unknown setting"), ("cg_iters=abc", "expected int"),
-    ("cg_iters=1.5", "expected int"), ("normalize_obs=maybe", "expected bool"),
-])
-def test_parse_overrides_rejects_bad_pairs(pair, fragment):
-    with pytest.raises(cli.UsageError, match=fragment):
-        cli.parse_overrides([pair], TRPOConfig)
 
 
 def test_fresh_run_dir_never_reuses_a_directory(tmp_path):
