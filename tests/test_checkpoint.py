@@ -83,3 +83,42 @@ def test_corrupt_truncated_and_foreign_files_raise(tmp_path):
         agent._load_state(read_checkpoint(tmp_path / "acrobot.ckpt"))
     with pytest.raises(ValueError, match="no checkpoint found"):
         TRPO.resume(tmp_path / "empty")
+
+
+def test_sigkill_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """A real ``kill -9`` of ``natgrad-trpo train``; ``--resume`` ends where a straight run ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = ["n_envs=2", "n_steps=64", "critic_epochs=2", "policy_hidden=16",
+                "value_hidden=16", "checkpoint_every=2"]
+    total = 40 * 128
+    run_dir = tmp_path / "killed"
+    argv = [sys.executable, "-m", "agents", "train", "CartPole-v1", "--steps", str(total),
+            "--out", str(run_dir)] + [a for s in settings for a in ("--set", s)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        checkpoints = list((run_dir / "checkpoints").glob("update_*.ckpt"))
+        if len(checkpoints) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = read_checkpoint(latest_checkpoint(run_dir))["num_timesteps"]
+    assert 0 < killed_at < total
+
+    resume = subprocess.run([sys.executable, "-m", "agents", "train", "--resume", str(run_dir)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+
+    straight = TRPO("CartPole-v1", total_steps=total, n_envs=2, n_steps=64, critic_epochs=2,
+                    policy_hidden=(16,), value_hidden=(16,), checkpoint_every=2).learn()
+    resumed = TRPO.load(latest_checkpoint(run_dir))
+    assert resumed.num_timesteps == straight.num_timesteps == total
+    for a, b in zip(_weights(straight), _weights(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
