@@ -139,8 +139,9 @@ class TRPO:
                                 sps=f"{row['steps_per_second']:.0f}")
                 if self.run_dir is not None and self.updates % self.config.checkpoint_every == 0:
                     self.save(checkpoint_path(self.run_dir, self.updates))
-            if self.run_dir is not None and self.updates > 0:
-                self.save(checkpoint_path(self.run_dir, self.updates))
+            if (self.run_dir is not None and self.updates > 0
+                    and self.updates % self.config.checkpoint_every != 0):
+                self.save(checkpoint_path(self.run_dir, self.updates))  # the final state
         finally:
             bar.close()
             logger.close()

@@ -35,7 +35,8 @@ class CGResult(NamedTuple):
 
     Attributes:
       x: the solution, same structure as ``b``.
-      iterations: ``int32`` scalar, number of CG steps taken (each costs one product).
+      iterations: ``int32`` scalar, number of CG steps taken (each costs one product; a
+        step rejected for negative curvature or a non-finite value costs one more, uncounted).
       residual_norm: ``‖b − (A + λI) x‖`` as tracked by the recurrence.
       status: ``int32`` scalar, an index into :data:`STATUS_NAMES`.
       x_dot_ax: ``xᵀ(A + λI)x``, computed as ``xᵀ(b − r)`` at no extra product; a trust-region

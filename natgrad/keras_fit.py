@@ -113,9 +113,10 @@ def natural_gradient_train_step(model: keras.Model, data) -> dict:
     """One ``fit`` step: a :meth:`NaturalGradient.minimize` call on the batch ``data``.
 
     The loss is the compiled loss (with regularization losses and sample weights); the
-    curvature and the trust-region KL come from the model outputs on the leading
-    ``curvature_batch_fraction`` of the batch. Metrics and the loss tracker are updated with
-    the predictions before the step, as Keras' own ``train_step`` does.
+    curvature and the trust-region KL come from the model outputs, in inference mode (no
+    dropout noise), on the leading ``curvature_batch_fraction`` of the batch. Metrics and the
+    loss tracker are updated with the predictions before the step, as Keras' own
+    ``train_step`` does.
     """
     _check_model(model)
     optimizer: NaturalGradient = model.optimizer
@@ -132,7 +133,9 @@ def natural_gradient_train_step(model: keras.Model, data) -> dict:
     stats = optimizer.minimize(
         loss_fn,
         model.trainable_variables,
-        outputs_fn=lambda: model(x_curvature, training=True),
+        # Inference mode: dropout would draw new masks on every call, so the KL would not be
+        # 0 at the start and the line search's KL test would measure noise.
+        outputs_fn=lambda: model(x_curvature, training=False),
         output_distribution=output_distribution,
     )
     model._loss_tracker.update_state(

@@ -196,9 +196,6 @@ class NaturalGradient(keras.optimizers.Optimizer):
             "natgrad.enable_natural_gradient(model) after model.compile(...)."
         )
 
-    def update_step(self, gradient, variable, learning_rate):
-        self.apply([gradient], [variable])
-
     def get_config(self):
         config = super().get_config()
         for key in _UNSUPPORTED_BASE_KWARGS:
@@ -248,11 +245,15 @@ class NaturalGradient(keras.optimizers.Optimizer):
             )
         if self.curvature == "fisher" and kl_fn is not None:
             return lambda v: hessian_vector_product(kl_fn, variables, v, method=self.hvp_method)
+        given = [name for name, value in (("outputs_fn", outputs_fn),
+                                          ("output_distribution", output_distribution),
+                                          ("kl_fn", kl_fn)) if value is not None]
         raise ValueError(
             f"curvature={self.curvature!r} needs outputs_fn and output_distribution (a "
-            "natgrad.distributions.OutputDistribution)"
+            "natgrad.distributions.OutputDistribution) together"
             + (", or a kl_fn whose Hessian is the Fisher" if self.curvature == "fisher" else "")
-            + ", or an explicit curvature_vector_product; got none of them"
+            + ", or an explicit curvature_vector_product; got "
+            + (" and ".join(given) if given else "none of them")
         )
 
     def minimize(
@@ -288,6 +289,14 @@ class NaturalGradient(keras.optimizers.Optimizer):
         Works eagerly and inside ``tf.function``.
         """
         variables = check_variables(var_list)
+        can_measure_kl = kl_fn is not None or (
+            outputs_fn is not None and output_distribution is not None
+        )
+        if self.max_kl is not None and not can_measure_kl:
+            raise ValueError(
+                "max_kl is set, so the line search must measure the KL: pass kl_fn, or "
+                "outputs_fn and output_distribution"
+            )
         if not self.built:
             self.build(variables)
         if kl_fn is None and outputs_fn is not None and output_distribution is not None:
@@ -303,11 +312,6 @@ class NaturalGradient(keras.optimizers.Optimizer):
             outputs_fn=outputs_fn,
             output_distribution=output_distribution,
         )
-        if self.max_kl is not None and kl_fn is None:
-            raise ValueError(
-                "max_kl is set, so the line search must measure the KL: pass kl_fn, or "
-                "outputs_fn and output_distribution"
-            )
 
         with tf.GradientTape() as tape:
             loss_before = tf.convert_to_tensor(loss_fn())
