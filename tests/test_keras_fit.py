@@ -274,3 +274,24 @@ def test_curvature_batch_fraction():
     losses = history.history["loss"]
     assert losses[-1] < losses[0]
     assert np.isfinite(losses).all()
+
+
+def test_dropout_does_not_break_the_trust_region_test():
+    """Curvature and KL use inference mode: fresh dropout masks would make the KL at the start
+    of the step non-zero and larger than a small max_kl, so every step would be rejected."""
+    x, y = _blobs()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((DIM,)),
+        keras.layers.Dense(32, activation="tanh"),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(CLASSES),
+    ])
+    model.compile(optimizer=natgrad.NaturalGradient(max_kl=1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    natgrad.enable_natural_gradient(model)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    model.fit(x, y, batch_size=len(x), epochs=3, verbose=0)
+    after = model.trainable_variables
+    changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, after, strict=True)]
+    assert all(changed)
