@@ -12,6 +12,7 @@ from natgrad.curvature import (
     gauss_newton_vector_product,
     hessian,
     hessian_vector_product,
+    linearize_gauss_newton,
 )
 from natgrad.keras_fit import enable_natural_gradient, output_distribution_for_loss
 from natgrad.optimizer import NaturalGradient
@@ -31,6 +32,7 @@ __all__ = [
     "gauss_newton_vector_product",
     "hessian",
     "hessian_vector_product",
+    "linearize_gauss_newton",
     "unflatten",
 ]
 __version__ = "0.1.0"

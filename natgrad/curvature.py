@@ -142,6 +142,15 @@ def gauss_newton_operator(
     variables: Sequence,
     output_curvature: Callable[[object, object], object],
 ) -> Callable[[Sequence], list[tf.Tensor]]:
+    """See :func:`linearize_gauss_newton`; returns only the matvec."""
+    return linearize_gauss_newton(outputs_fn, variables, output_curvature)[1]
+
+
+def linearize_gauss_newton(
+    outputs_fn: Callable[[], object],
+    variables: Sequence,
+    output_curvature: Callable[[object, object], object],
+) -> tuple[object, Callable[[Sequence], list[tf.Tensor]]]:
     """Linearizes the model once and returns ``v -> Jᵀ H_out J v`` that reuses the forward pass.
 
     :func:`gauss_newton_vector_product` runs the model on every call. A conjugate-gradient
@@ -155,6 +164,11 @@ def gauss_newton_operator(
     Build it and use it inside the same ``tf.function`` (or eagerly); the tapes hold the
     activations until the returned function is dropped. Arguments as for
     :func:`gauss_newton_vector_product`; results are identical to it.
+
+    Returns:
+      ``(outputs, matvec)``: the model outputs at the current variables (gradient-stopped, so
+      a caller can keep them as the "old" outputs of a KL without another forward pass) and
+      ``v -> Jᵀ H_out J v``.
     """
     variables = check_variables(variables)
     with tf.GradientTape(persistent=True) as outer:
@@ -181,7 +195,7 @@ def gauss_newton_operator(
         grads = inner.gradient(flat_outputs, variables, output_gradients=tf.nest.flatten(hjv))
         return zeros_if_none(grads, variables)
 
-    return matvec
+    return fixed_outputs, matvec
 
 
 def hessian(fn: Callable[[], tf.Tensor], variables: Sequence) -> tf.Tensor:

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from natgrad.conjugate_gradient import NON_FINITE, conjugate_gradient
-from natgrad.curvature import check_method, gauss_newton_operator, hessian_vector_product
+from natgrad.curvature import check_method, hessian_vector_product, linearize_gauss_newton
 from natgrad.distributions import OutputDistribution
 from natgrad.structure import as_tf_variables, check_variables, dot
 from natgrad.trust_region import (
@@ -237,14 +237,24 @@ class NaturalGradient(keras.optimizers.Optimizer):
         (linearized once, see :func:`natgrad.gauss_newton_operator`),
         else (``"fisher"`` only) the Hessian of ``kl_fn`` at the current variables.
         """
+        return self._curvature(
+            loss_fn, variables, kl_fn=kl_fn, outputs_fn=outputs_fn,
+            output_distribution=output_distribution,
+        )[0]
+
+    def _curvature(self, loss_fn, variables, *, kl_fn, outputs_fn, output_distribution):
+        """``(matvec, outputs)``; ``outputs`` are the linearized model outputs, or ``None``."""
         if self.curvature == "hessian":
-            return lambda v: hessian_vector_product(loss_fn, variables, v, method=self.hvp_method)
+            return (lambda v: hessian_vector_product(loss_fn, variables, v,
+                                                     method=self.hvp_method)), None
         if outputs_fn is not None and output_distribution is not None:
-            return gauss_newton_operator(
+            outputs, matvec = linearize_gauss_newton(
                 outputs_fn, variables, output_distribution.fisher_vector_product
             )
+            return matvec, outputs
         if self.curvature == "fisher" and kl_fn is not None:
-            return lambda v: hessian_vector_product(kl_fn, variables, v, method=self.hvp_method)
+            return (lambda v: hessian_vector_product(kl_fn, variables, v,
+                                                     method=self.hvp_method)), None
         given = [name for name, value in (("outputs_fn", outputs_fn),
                                           ("output_distribution", output_distribution),
                                           ("kl_fn", kl_fn)) if value is not None]
@@ -299,19 +309,27 @@ class NaturalGradient(keras.optimizers.Optimizer):
             )
         if not self.built:
             self.build(variables)
+        if curvature_vector_product is not None:
+            matvec, linearized_outputs = curvature_vector_product, None
+        else:
+            matvec, linearized_outputs = self._curvature(
+                loss_fn,
+                variables,
+                kl_fn=kl_fn,
+                outputs_fn=outputs_fn,
+                output_distribution=output_distribution,
+            )
         if kl_fn is None and outputs_fn is not None and output_distribution is not None:
-            old_outputs = tf.nest.map_structure(tf.stop_gradient, outputs_fn())
+            # The linearization already ran the model at θ₀: reuse its outputs.
+            old_outputs = (
+                linearized_outputs
+                if linearized_outputs is not None
+                else tf.nest.map_structure(tf.stop_gradient, outputs_fn())
+            )
 
             def kl_fn():
                 return output_distribution.kl(old_outputs, outputs_fn())
 
-        matvec = curvature_vector_product or self.curvature_product(
-            loss_fn,
-            variables,
-            kl_fn=kl_fn,
-            outputs_fn=outputs_fn,
-            output_distribution=output_distribution,
-        )
 
         with tf.GradientTape() as tape:
             loss_before = tf.convert_to_tensor(loss_fn())

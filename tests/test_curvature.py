@@ -376,6 +376,18 @@ def test_gauss_newton_operator_matches_dense_jt_h_j(case, dtype):
                                    **TOLS[dtype])
 
 
+def test_linearize_gauss_newton_returns_the_outputs_it_linearized_at():
+    outputs_fn, variables, curvature, _ = _gn_gaussian("float64")
+    outputs, matvec = natgrad.linearize_gauss_newton(outputs_fn, variables, curvature)
+    for got, want in zip(tf.nest.flatten(outputs), tf.nest.flatten(outputs_fn()), strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    vector = random_vector(variables)
+    np.testing.assert_allclose(
+        numpy_flat(matvec(vector)),
+        numpy_flat(natgrad.gauss_newton_vector_product(outputs_fn, variables, vector, curvature)),
+        rtol=1e-12, atol=1e-14)
+
+
 def test_gauss_newton_operator_inside_compiled_cg_matches_dense_solve():
     outputs_fn, variables, curvature, h_out = _gn_softmax("float64")
     jac = dense_jacobian(outputs_fn, variables)
