@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from natgrad.structure import as_dtype, dot
+from natgrad.structure import all_finite, as_dtype, dot
 
 CONVERGED, MAX_ITERS, NEGATIVE_CURVATURE, NON_FINITE = 0, 1, 2, 3
 STATUS_NAMES = ("converged", "max_iters", "negative_curvature", "non_finite")
@@ -58,11 +58,6 @@ class CGResult(NamedTuple):
 def _axpy(alpha, x, y):
     """``alpha · x + y`` over matching structures."""
     return tf.nest.map_structure(lambda a, b: alpha * a + b, x, y)
-
-
-def _all_finite(*structures) -> tf.Tensor:
-    flags = [tf.reduce_all(tf.math.is_finite(t)) for s in structures for t in tf.nest.flatten(s)]
-    return tf.reduce_all(tf.stack(flags))
 
 
 def conjugate_gradient(
@@ -129,7 +124,7 @@ def conjugate_gradient(
     rz = dot(r, z)
     r_norm = tf.sqrt(dot(r, r))
 
-    start_finite = _all_finite(b, x, r) & tf.math.is_finite(rz)
+    start_finite = all_finite(b, x, r) & tf.math.is_finite(rz)
     status = tf.where(
         start_finite,
         tf.where(r_norm <= threshold, CONVERGED, MAX_ITERS),
@@ -147,7 +142,7 @@ def conjugate_gradient(
         ap = damped_matvec(p)
         p_ap = dot(p, ap)
         bad_curvature = p_ap <= 0.0
-        finite_product = _all_finite(ap) & tf.math.is_finite(p_ap)
+        finite_product = all_finite(ap) & tf.math.is_finite(p_ap)
         safe_p_ap = tf.where(bad_curvature | ~finite_product, tf.ones_like(p_ap), p_ap)
         alpha = rz / safe_p_ap
         x_new = _axpy(alpha, p, x)
@@ -155,7 +150,7 @@ def conjugate_gradient(
         z_new = precondition(r_new)
         rz_new = dot(r_new, z_new)
         r_norm_new = tf.sqrt(dot(r_new, r_new))
-        finite = finite_product & _all_finite(x_new, r_new) & tf.math.is_finite(rz_new)
+        finite = finite_product & all_finite(x_new, r_new) & tf.math.is_finite(rz_new)
         ok = finite & ~bad_curvature
         beta = rz_new / tf.where(rz == 0.0, tf.ones_like(rz), rz)
         p_new = _axpy(beta, p, z_new)

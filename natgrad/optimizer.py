@@ -10,7 +10,7 @@ import tensorflow as tf
 from natgrad.conjugate_gradient import NON_FINITE, conjugate_gradient
 from natgrad.curvature import check_method, hessian_vector_product, linearize_gauss_newton
 from natgrad.distributions import OutputDistribution
-from natgrad.structure import as_tf_variables, check_variables, dot
+from natgrad.structure import all_finite, as_tf_variables, check_variables, dot, zeros_if_none
 from natgrad.trust_region import (
     backtracking_line_search,
     levenberg_marquardt_damping,
@@ -336,12 +336,9 @@ class NaturalGradient(keras.optimizers.Optimizer):
         if loss_before.shape.rank != 0:
             raise ValueError(f"loss_fn must return a scalar; got shape {loss_before.shape}")
         grads = tape.gradient(loss_before, variables)
-        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                 for g, v in zip(grads, variables, strict=True)]
+        grads = [tf.convert_to_tensor(g) for g in zeros_if_none(grads, variables)]
         dtype = loss_before.dtype
-        finite_gradient = tf.math.is_finite(loss_before) & tf.reduce_all(
-            tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        )
+        finite_gradient = all_finite(loss_before, grads)
         # Zeros instead of NaN keep CG quiet; the step is rejected below anyway.
         grads = [tf.where(finite_gradient, g, tf.zeros_like(g)) for g in grads]
 

@@ -133,6 +133,12 @@ def dot(a, b) -> tf.Tensor:
     return tf.add_n(terms)
 
 
+def all_finite(*structures) -> tf.Tensor:
+    """Scalar bool: every element of every tensor in the (nested) structures is finite."""
+    flags = [tf.reduce_all(tf.math.is_finite(t)) for s in structures for t in tf.nest.flatten(s)]
+    return tf.reduce_all(tf.stack(flags))
+
+
 def zeros_if_none(tensors: Sequence, variables: Sequence) -> list[tf.Tensor]:
     """Replaces ``None`` gradients (variables ``fn`` does not use) with zeros."""
     return [tf.zeros(v.shape, dtype=v.dtype) if t is None else t
