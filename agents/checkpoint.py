@@ -1,27 +1,67 @@
-"""Checkpoint files: a header, a SHA-256 digest and a pickled state dict, written atomically.
+"""Checkpoint files: arrays and JSON only, checksummed, written atomically; loading runs no code.
 
-Layout: ``MAGIC`` (16 bytes) ``|`` SHA-256 of the payload (32 bytes) ``|`` payload (pickle of a
-dict of NumPy arrays and Python values, see ``TRPO._state``). Writing goes to a temporary file
-in the same directory, which is fsynced and then ``os.replace``d over the target, so a crash
-leaves either the old file or the new one, never half of one. Reading checks the header, the
-digest and the env id, and raises ``ValueError`` with what was wrong.
+Layout (format 2)::
 
-Checkpoints are pickles: load only files you (or someone you trust) wrote.
+    MAGIC (16 bytes) | SHA-256 of the payload (32 bytes) | payload
+
+The payload is an uncompressed NumPy ``.npz`` archive: every array of the agent (weights,
+optimizer slots, normalizer statistics, ...) under its own name, and one ``uint8`` array
+``__meta__`` holding UTF-8 JSON (configuration, counters, RNG state, history). It is read with
+``numpy.load(..., allow_pickle=False)``: an array that would need unpickling is refused, so a
+file cannot make the reader run code. Compressed members are refused too (no zip bombs).
+
+The one exception is opt-in: an agent configured with ``save_env_state=True`` also stores its
+sub-environments pickled, as the raw bytes of the array :data:`ENV_STATE_KEY`. Reading a file
+never unpickles them; :meth:`agents.TRPO.load` does only when called with
+``trust_env_state=True`` (``natgrad-trpo train --resume DIR --trust-env-state``), for files
+you wrote yourself.
+
+Writing goes to a temporary file beside the target, which is fsynced and then ``os.replace``d
+over it, so a crash leaves the old file or the new one, never half of one; a crash can leave
+the temporary file (``.NAME.*.tmp``), which :func:`remove_temporary_files` clears.
+
+Files of format 1 (natgrad 0.1, a pickle) are recognised and refused with a message saying so.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
-import pickle
 import re
 import tempfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-MAGIC = b"NATGRAD-TRPO-v1\n"
-FORMAT_VERSION = 1
+import numpy as np
+
+MAGIC = b"NATGRAD-TRPO-v2\n"
+OLDER_MAGICS = {b"NATGRAD-TRPO-v1\n": 1}
+FORMAT_VERSION = 2
+META_KEY = "__meta__"
+ENV_STATE_KEY = "env_state_pickle"
 _DIGEST_BYTES = 32
 _NAME = re.compile(r"update_(\d+)\.ckpt$")
+_TEMPORARY = ".*.tmp"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, corrupt, of another format or run."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A decoded checkpoint: its JSON ``meta`` and its named ``arrays``."""
+
+    path: Path
+    meta: dict
+    arrays: dict
+
+    @property
+    def update(self) -> int:
+        return int(self.meta.get("updates", -1))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -41,55 +81,92 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def write_checkpoint(path: str | Path, state: dict) -> None:
-    payload = pickle.dumps({"format_version": FORMAT_VERSION, **state},
-                           protocol=pickle.HIGHEST_PROTOCOL)
+def write_checkpoint(path: str | Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Writes ``meta`` (JSON-serializable) and ``arrays`` (numeric or bytes) to ``path``.
+
+    Raises:
+      ValueError: an array of Python objects (it would need pickle to read back), or a name
+        clash with the reserved ``__meta__``.
+    """
+    if META_KEY in arrays:
+        raise ValueError(f"array name {META_KEY!r} is reserved")
+    for name, value in arrays.items():
+        if np.asarray(value).dtype.hasobject:
+            raise ValueError(f"checkpoint array {name!r} holds Python objects; only numbers")
+    text = json.dumps({"format_version": FORMAT_VERSION, **meta}, allow_nan=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{META_KEY: np.frombuffer(text.encode(), np.uint8)}, **arrays)
+    payload = buffer.getvalue()
     atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload)
 
 
-def read_checkpoint(path: str | Path, expected_env_id: str | None = None) -> dict:
-    """The state dict saved at ``path``.
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Decodes ``path`` without running any code from it.
 
     Raises:
-      ValueError: the file is missing, not a TRPO checkpoint, truncated or corrupt (digest
-        mismatch), of another format version, or (with ``expected_env_id``) for another env.
+      CheckpointError: the file is missing or unreadable, not a natgrad checkpoint, written by
+        an older version, truncated or corrupt (checksum), or its payload is malformed.
     """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
+    for magic, version in OLDER_MAGICS.items():
+        if data.startswith(magic):
+            raise CheckpointError(
+                f"{path} was written by an older version of natgrad (checkpoint format "
+                f"{version}, a pickle); this version does not load it because unpickling can "
+                "run code. Retrain, or load it with natgrad 0.1 if you wrote it yourself."
+            )
     if not data.startswith(MAGIC):
-        raise ValueError(f"{path} is not a natgrad TRPO checkpoint (bad header)")
+        raise CheckpointError(f"{path} is not a natgrad TRPO checkpoint (bad header)")
     digest = data[len(MAGIC):len(MAGIC) + _DIGEST_BYTES]
     payload = data[len(MAGIC) + _DIGEST_BYTES:]
     if len(digest) != _DIGEST_BYTES or hashlib.sha256(payload).digest() != digest:
-        raise ValueError(f"checkpoint {path} is truncated or corrupt (checksum mismatch)")
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (checksum mismatch)")
     try:
-        state = pickle.loads(payload)
-    except Exception as e:  # a matching digest makes this unlikely, but say so if it happens
-        raise ValueError(f"checkpoint {path} could not be decoded: {e}") from e
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"checkpoint {path} has an unsupported format version")
-    if expected_env_id is not None and state.get("env_id") != expected_env_id:
-        raise ValueError(
-            f"checkpoint {path} was written for env {state.get('env_id')!r}, "
-            f"not {expected_env_id!r}"
-        )
-    return state
+        with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+            if any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist()):
+                raise CheckpointError(f"checkpoint {path} has compressed members; refused")
+        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
+    except CheckpointError:
+        raise
+    except Exception as e:  # pickled arrays (refused by allow_pickle=False), bad zip or JSON
+        raise CheckpointError(f"checkpoint {path} could not be decoded: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has an unsupported format version")
+    return Checkpoint(path, meta, arrays)
 
 
 def checkpoint_path(run_dir: str | Path, update: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"update_{update:06d}.ckpt"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint with the highest update number in ``run_dir/checkpoints``."""
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """``run_dir/checkpoints/update_*.ckpt``, newest (highest update number) first."""
     folder = Path(run_dir) / "checkpoints"
-    found = sorted(
-        (int(m.group(1)), p) for p in folder.glob("update_*.ckpt")
-        if (m := _NAME.search(p.name))
-    ) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.glob("update_*.ckpt")
+             if (m := _NAME.search(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint with the highest update number (not checked: see ``agents.run_dir``)."""
+    found = list_checkpoints(run_dir)
     if not found:
-        raise ValueError(f"no checkpoint found under {folder}")
-    return found[-1][1]
+        raise CheckpointError(f"no checkpoint found under {Path(run_dir) / 'checkpoints'}")
+    return found[0]
+
+
+def remove_temporary_files(run_dir: str | Path) -> list[Path]:
+    """Deletes temporary files a crash left in ``run_dir/checkpoints``; returns them."""
+    folder = Path(run_dir) / "checkpoints"
+    removed = sorted(folder.glob(_TEMPORARY)) if folder.is_dir() else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

@@ -20,6 +20,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 ACTIVATIONS = ("tanh", "relu", "elu")
 VECTORIZATIONS = ("sync", "async")
+ON_NON_FINITE = ("stop", "skip")
+MIN_FISHER_SAMPLES = 32  # fewer states than this make a trust region no batch can pass
 
 
 def _help(text: str, default):
@@ -58,6 +60,14 @@ class TRPOConfig:
     checkpoint_every: int = _help("Write a checkpoint every this many updates (and at the end).",
                                   10)
     eval_episodes: int = _help("Episodes of a deterministic evaluation.", 10)
+    eval_max_episode_steps: int = _help(
+        "Evaluation cuts an episode after this many steps (for envs that never end).", 100_000)
+    on_non_finite: str = _help(
+        "A NaN/inf observation, reward, return or value loss: 'stop' (checkpoint, then raise) "
+        "or 'skip' (drop the batch, count it in progress.csv).", "stop")
+    save_env_state: bool = _help(
+        "Also pickle the sync envs into checkpoints, for a bit-exact resume. Loading them "
+        "runs code from the file: only done when the loader passes trust_env_state.", False)
 
     def validate(self) -> TRPOConfig:
         """Raises ``ValueError`` naming the field, the bad value and what is accepted."""
@@ -76,12 +86,14 @@ class TRPOConfig:
         need(isinstance(self.env_id, str) and bool(self.env_id), "env_id", "a non-empty env id")
         need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
         for name in ("n_envs", "n_steps", "total_steps", "cg_iters", "fisher_subsample",
-                     "critic_epochs", "critic_batch_size", "checkpoint_every", "eval_episodes"):
+                     "critic_epochs", "critic_batch_size", "checkpoint_every", "eval_episodes",
+                     "eval_max_episode_steps"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
         need(is_int(self.line_search_max_tries) and self.line_search_max_tries >= 0,
              "line_search_max_tries", "an integer >= 0")
         need(self.vectorization in VECTORIZATIONS, "vectorization", " or ".join(VECTORIZATIONS))
         need(self.activation in ACTIVATIONS, "activation", ", ".join(ACTIVATIONS))
+        need(self.on_non_finite in ON_NON_FINITE, "on_non_finite", " or ".join(ON_NON_FINITE))
         for name in ("gamma", "gae_lambda"):
             value = getattr(self, name)
             need(is_num(value) and 0.0 <= value <= 1.0, name, "a number in [0, 1]")
@@ -95,7 +107,15 @@ class TRPOConfig:
             value = getattr(self, name)
             need(isinstance(value, tuple) and all(is_int(w) and w >= 1 for w in value), name,
                  "a tuple of integers >= 1, e.g. (64, 64)")
-        for name in ("normalize_obs", "normalize_advantages"):
+        if not problems and math.ceil(self.batch_size / self.fisher_subsample) < min(
+                MIN_FISHER_SAMPLES, self.batch_size):
+            problems.append(
+                f"fisher_subsample={self.fisher_subsample!r} leaves "
+                f"{math.ceil(self.batch_size / self.fisher_subsample)} of the batch's "
+                f"{self.batch_size} states for the Fisher: the trust region would rest on too "
+                f"few states and every step would be rejected (accepted: at most "
+                f"{max(1, self.batch_size // MIN_FISHER_SAMPLES)} with this batch)")
+        for name in ("normalize_obs", "normalize_advantages", "save_env_state"):
             need(isinstance(getattr(self, name), bool), name, "true or false")
         if problems:
             raise ValueError("invalid TRPO configuration: " + "; ".join(problems))

@@ -12,20 +12,30 @@ Logged quantities (one row per update):
 * ``cg_iterations``, ``cg_residual``: conjugate-gradient work and final residual norm.
 * ``surrogate_improvement``: ``L(θ_old) − L(θ_new)`` of the surrogate loss (≥ 0 when accepted).
 * ``steps_per_second``: env steps of this update / its wall time (collection + update).
+* ``skipped_batches``: batches dropped so far for a non-finite quantity
+  (``on_non_finite="skip"``; such a row has NaN statistics).
+
+Each row is written with one ``write`` call and flushed, so a crash can tear at most the last
+line; :meth:`ProgressLogger.truncate_after` (run on resume) drops torn or malformed lines.
+TensorBoard is optional at run time: without it, one warning, and the CSV alone.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import math
 from pathlib import Path
 
-import tensorflow as tf
+from agents.checkpoint import atomic_write_bytes
+
+log = logging.getLogger("agents")
 
 PROGRESS_KEYS = (
     "env_steps", "wall_time", "mean_return", "kl", "entropy", "value_loss",
     "explained_variance", "line_search_tries", "accepted", "cg_iterations", "cg_residual",
-    "surrogate_improvement", "steps_per_second",
+    "surrogate_improvement", "steps_per_second", "skipped_batches",
 )
 
 
@@ -42,33 +52,67 @@ class ProgressLogger:
     def log(self, row: dict) -> None:
         if self.run_dir is None:
             return
-        new_file = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        line = io.StringIO()
+        writer = csv.DictWriter(line, fieldnames=PROGRESS_KEYS, lineterminator="\n")
+        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
+            writer.writeheader()
+        writer.writerow({k: row[k] for k in PROGRESS_KEYS})
         with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=PROGRESS_KEYS)
-            if new_file:
-                writer.writeheader()
-            writer.writerow({k: row[k] for k in PROGRESS_KEYS})
+            f.write(line.getvalue())
+        self._log_tensorboard(row)
+
+    def _log_tensorboard(self, row: dict) -> None:
+        if self._writer is False:
+            return
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(str(self.run_dir / "tb"))
-        with self._writer.as_default(step=int(row["env_steps"])):
-            for key in PROGRESS_KEYS[1:]:
-                value = float(row[key])
-                if math.isfinite(value):
-                    tf.summary.scalar(key, value)
+            try:
+                import tensorflow as tf
+
+                self._writer = tf.summary.create_file_writer(str(self.run_dir / "tb"))
+                self._summary = tf.summary
+            except Exception as exc:  # noqa: BLE001 - TensorBoard missing or broken
+                log.warning("TensorBoard logging is off (%s); progress.csv is still written",
+                            " ".join(str(exc).split()) or type(exc).__name__)
+                self._writer = False
+                return
+        try:
+            with self._writer.as_default(step=int(row["env_steps"])):
+                for key in PROGRESS_KEYS[1:]:
+                    value = float(row[key])
+                    if math.isfinite(value):
+                        self._summary.scalar(key, value)
+        except Exception as exc:  # noqa: BLE001 - e.g. TensorBoard missing at the first scalar
+            log.warning("TensorBoard logging is off (%s); progress.csv is still written",
+                        " ".join(str(exc).split()) or type(exc).__name__)
+            self._writer = False
 
     def truncate_after(self, env_steps: int) -> None:
-        """Drops csv rows past ``env_steps`` (written after the checkpoint a resume starts from)."""
+        """Keeps the csv rows up to ``env_steps`` (those of the checkpoint a resume starts from);
+        drops later ones, and lines a crash tore or that are not progress rows (with a warning
+        naming the file and line)."""
         if self.run_dir is None or not self.csv_path.exists():
             return
+        kept = []
         with open(self.csv_path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) <= env_steps]
-        with open(self.csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=PROGRESS_KEYS)
-            writer.writeheader()
-            writer.writerows(rows)
+            for number, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    if None in row or any(row.get(k) is None for k in PROGRESS_KEYS):
+                        raise ValueError("wrong number of fields")
+                    steps = float(row["env_steps"])
+                except (TypeError, ValueError) as exc:
+                    log.warning("%s line %d dropped: not a whole progress row (%s)",
+                                self.csv_path, number, exc)
+                    continue
+                if steps <= env_steps:
+                    kept.append(row)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=PROGRESS_KEYS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_bytes(self.csv_path, text.getvalue().encode())
 
     def close(self) -> None:
-        if self._writer is not None:
+        if self._writer:
             self._writer.flush()
             self._writer.close()
             self._writer = None

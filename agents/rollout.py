@@ -4,13 +4,15 @@
 
 * :func:`compute_gae`: generalized advantage estimation (Schulman et al., 2016), pure NumPy.
 * :class:`RolloutWorker`: steps a Gymnasium vector env (``AutoresetMode.SAME_STEP``) with a
-  NumPy copy of the policy, and keeps the unnormalized episode returns.
+  NumPy copy of the policy, and keeps the unnormalized episode returns. A NaN or infinite
+  observation or reward raises :class:`NonFiniteError` before it reaches the normalizer.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import importlib
 from collections import deque
 from typing import NamedTuple
 
@@ -23,13 +25,27 @@ RETURN_WINDOW = 20
 SUPPORTED_SPACES = "observations: a 1-D gymnasium.spaces.Box; actions: Discrete or a 1-D Box"
 
 
+class NonFiniteError(RuntimeError):
+    """Training met a NaN or infinite quantity; the message names it and the env step."""
+
+
 def resolve_env(env) -> tuple[str, callable]:
-    """``(env_id, factory)`` for an env id string, a ``gymnasium.Env`` or a factory callable."""
+    """``(env_id, factory)`` for an env id string, a ``gymnasium.Env`` or a factory callable.
+
+    An id may name the module that registers it, as ``gymnasium.make`` allows:
+    ``"my_package.envs:MyEnv-v0"`` imports ``my_package.envs`` first.
+    """
     if isinstance(env, str):
+        module, sep, name = env.rpartition(":")
+        if sep:
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise ValueError(f"env id {env!r}: cannot import module {module!r} ({e})") from e
         try:
-            gym.spec(env)
+            gym.spec(name)
         except gym.error.Error as e:
-            raise ValueError(f"unknown Gymnasium env id {env!r}: {e}") from e
+            raise ValueError(f"unknown Gymnasium env id {name!r}: {e}") from e
         return env, functools.partial(gym.make, env)
     if isinstance(env, gym.Env):
         if env.spec is not None:
@@ -49,6 +65,29 @@ def check_spaces(observation_space, action_space) -> None:
     discrete = isinstance(action_space, gym.spaces.Discrete)
     if not (discrete or (isinstance(action_space, box) and len(action_space.shape) == 1)):
         raise ValueError(f"unsupported action space {action_space}; supported: {SUPPORTED_SPACES}")
+
+
+def env_actions(action_space, actions: np.ndarray) -> np.ndarray:
+    """Policy actions as the env takes them: ``Discrete`` indices shifted by the space's
+    ``start``; ``Box`` actions clipped to its bounds (float32)."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return actions + int(action_space.start) if action_space.start else actions
+    return np.clip(actions, action_space.low, action_space.high).astype(np.float32)
+
+
+def check_finite(name: str, values, first_step: int, n_envs: int) -> None:
+    """Raises :class:`NonFiniteError` unless every entry of ``values`` is finite.
+
+    ``values`` is ``[N, ...]``, time-major over ``n_envs`` envs: its sample ``k`` was taken at
+    env step ``first_step + k + 1`` (counted from the start of training, ``first_step`` a
+    multiple of ``n_envs`` at a batch start) by env ``(first_step + k) % n_envs``.
+    """
+    values = np.asarray(values, np.float64)
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise NonFiniteError(f"{name} is not finite ({values[k]}) at env step "
+                             f"{first_step + k + 1:,} (env {(first_step + k) % n_envs})")
 
 
 def make_vector_env(factory, n_envs: int, vectorization: str) -> gym.vector.VectorEnv:
@@ -114,10 +153,8 @@ class RolloutWorker:
         self.envs = envs
         self.policy = policy
         self.obs_rms = obs_rms
-        space = envs.single_action_space
-        self.discrete = isinstance(space, gym.spaces.Discrete)
-        self.action_low = None if self.discrete else space.low
-        self.action_high = None if self.discrete else space.high
+        self.action_space = envs.single_action_space
+        self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
         self.episode_returns: deque = deque(maxlen=RETURN_WINDOW)
         self.episodes = 0
         self.running_returns = np.zeros(envs.num_envs)
@@ -137,14 +174,14 @@ class RolloutWorker:
             return np.asarray(raw_obs, np.float32)
         return self.obs_rms.normalize(raw_obs)
 
-    def env_actions(self, actions: np.ndarray) -> np.ndarray:
-        """Discrete: as is; Box: clipped to the action bounds."""
-        if self.discrete:
-            return actions
-        return np.clip(actions, self.action_low, self.action_high).astype(np.float32)
+    def collect(self, params: dict, n_steps: int, rng: np.random.Generator,
+                first_step: int = 0) -> Rollout:
+        """``n_steps`` steps of every env with the policy ``params`` (see ``numpy_params``).
 
-    def collect(self, params: dict, n_steps: int, rng: np.random.Generator) -> Rollout:
-        """``n_steps`` steps of every env with the policy ``params`` (see ``numpy_params``)."""
+        Raises :class:`NonFiniteError` for a NaN or infinite observation or reward, naming the
+        env step (``first_step`` is the number of env steps taken before this call), before it
+        reaches the normalizer.
+        """
         n_envs = self.envs.num_envs
         obs = self.normalize(self.last_obs)
         obs_buf = np.zeros((n_steps, n_envs, *obs.shape[1:]), np.float32)
@@ -158,7 +195,11 @@ class RolloutWorker:
             if actions_buf is None:
                 dtype = np.int32 if self.discrete else np.float32
                 actions_buf = np.zeros((n_steps, *actions.shape), dtype)
-            raw_obs, reward, term, trunc, infos = self.envs.step(self.env_actions(actions))
+            raw_obs, reward, term, trunc, infos = self.envs.step(
+                env_actions(self.action_space, actions))
+            step = first_step + t * n_envs
+            check_finite("the observation", raw_obs, step, n_envs)
+            check_finite("the reward", reward, step, n_envs)
             self._observe(raw_obs)
             next_obs = self.normalize(raw_obs)
             obs_buf[t], actions_buf[t] = obs, actions
@@ -168,6 +209,8 @@ class RolloutWorker:
             done = term | trunc
             if done.any():
                 for i in np.flatnonzero(done):
+                    check_finite("the final observation", infos["final_obs"][i][None],
+                                 step + i, n_envs)
                     boot_buf[t, i] = self.normalize(infos["final_obs"][i][None])[0]
                     self.episode_returns.append(float(self.running_returns[i]))
                     self.episodes += 1

@@ -18,33 +18,48 @@ All randomness (initial weights, action sampling, minibatch order) comes from on
 
 from __future__ import annotations
 
-import json
-import math
-import pickle
+import contextlib
+import logging
 import time
+import uuid
 from pathlib import Path
 
 import gymnasium as gym
 import keras
 import numpy as np
-import tensorflow as tf
 from tqdm.auto import tqdm
 
 import natgrad
-from agents.checkpoint import checkpoint_path, latest_checkpoint, read_checkpoint, write_checkpoint
+from agents.agent_state import agent_checkpoint, restore_agent
+from agents.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    list_checkpoints,
+    read_checkpoint,
+    write_checkpoint,
+)
 from agents.config import TRPOConfig, resolve_config
-from agents.logger import ProgressLogger
+from agents.evaluation import EVAL_SEED_OFFSET, evaluate_policy
+from agents.logger import PROGRESS_KEYS, ProgressLogger
 from agents.normalization import RunningMeanStd
 from agents.policies import CategoricalPolicy, GaussianPolicy, ValueFunction
 from agents.rollout import (
+    NonFiniteError,
     RolloutWorker,
+    check_finite,
     check_spaces,
     compute_gae,
+    env_actions,
     explained_variance,
     make_vector_env,
     normalize_advantages,
     resolve_env,
 )
+from agents.run_dir import RunDirError, RunLock, claim_run_dir, read_run_config, select_checkpoint
+from agents.stop_signals import StopSignals, TrainingInterrupted
+from agents.update import make_update_fn
+
+log = logging.getLogger("agents")
 
 
 class TRPO:
@@ -61,13 +76,17 @@ class TRPO:
       ValueError: bad config values, unknown env id or preset, unsupported spaces; all checked
         here, before any training.
 
-    Checkpoints (``save``, and ``run_dir/checkpoints/update_NNNNNN.ckpt``) hold the weights, both
-    optimizers' states, the observation normalizer, the NumPy RNG state, step and update counts,
-    the return window and history, and the sub-envs of a ``"sync"`` vector env pickled. So on
-    CPU ``learn(N)`` equals ``learn(k)``, kill, ``TRPO.resume(run_dir).learn(N)`` bit for bit.
-    With ``"async"`` envs, or envs that cannot be pickled, a resume re-resets the envs (seed
-    ``seed + updates``) and the episodes in progress are lost; training otherwise continues.
-    A resume drops ``progress.csv`` rows written after its checkpoint; TensorBoard keeps them.
+    Checkpoints (``save``, and ``run_dir/checkpoints/update_NNNNNN.ckpt``) are arrays plus JSON
+    (:mod:`agents.agent_state`): loading one never runs code from it. A resume re-seeds the
+    envs (seed ``seed + updates``), so episodes in progress are lost; with
+    ``save_env_state=True`` the sync envs are pickled too and ``TRPO.resume(run_dir,
+    trust_env_state=True)`` continues bit for bit as if never stopped (on CPU).
+
+    Training with a ``run_dir`` holds its lock (:class:`agents.run_dir.RunLock`); Ctrl-C or
+    ``SIGTERM`` stops after the current update with a checkpoint (:class:`TrainingInterrupted`);
+    a NaN or infinite observation, reward, return or value loss raises
+    :class:`agents.rollout.NonFiniteError` after checkpointing the last good state (or, with
+    ``on_non_finite="skip"``, drops that batch), so non-finite weights are never saved.
     """
 
     def __init__(self, env, *, preset: str | None = None, run_dir=None, **overrides):
@@ -111,8 +130,13 @@ class TRPO:
         self.updates = 0
         self.wall_time = 0.0
         self.history: list[dict] = []
+        self.run_id = uuid.uuid4().hex  # names this run in config.json and its checkpoints
+        self.skipped_batches = 0
         self._worker: RolloutWorker | None = None
         self._pending_env_state: dict | None = None
+        self._resumed = False  # set by resume(): learn() then checks and trims the run dir
+        self._newest_at_resume: Path | None = None
+        self._saved_update: int | None = None
 
     # Training ---------------------------------------------------------------------------
 
@@ -121,37 +145,104 @@ class TRPO:
 
         Steps already taken count, so a resumed agent continues to the same total. Each update
         takes ``n_envs × n_steps`` steps.
+
+        Raises:
+          RunDirError: ``run_dir`` belongs to another run, or another process is writing it.
+          TrainingInterrupted: on ``SIGINT``/``SIGTERM``, after a checkpoint.
+          NonFiniteError: with ``on_non_finite="stop"``, after checkpointing the last good state.
         """
         total = self.config.total_steps if total_steps is None else int(total_steps)
-        worker = self._ensure_worker()
-        logger = ProgressLogger(self.run_dir)
-        if self.run_dir is not None:
-            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
-        bar = tqdm(total=total, initial=min(self.num_timesteps, total), unit="step",
-                   disable=not progress_bar, dynamic_ncols=True)
-        try:
-            while self.num_timesteps < total:
-                row = self._update(worker)
-                self.history.append(row)
-                logger.log(row)
-                bar.update(min(self.config.batch_size, total - bar.n))
-                bar.set_postfix(ret=f"{row['mean_return']:.1f}", kl=f"{row['kl']:.4f}",
-                                sps=f"{row['steps_per_second']:.0f}")
-                if self.run_dir is not None and self.updates % self.config.checkpoint_every == 0:
-                    self.save(checkpoint_path(self.run_dir, self.updates))
-            if (self.run_dir is not None and self.updates > 0
-                    and self.updates % self.config.checkpoint_every != 0):
-                self.save(checkpoint_path(self.run_dir, self.updates))  # the final state
-        finally:
-            bar.close()
-            logger.close()
+        lock = RunLock(self.run_dir) if self.run_dir is not None else contextlib.nullcontext()
+        with lock, StopSignals() as stop:
+            self._claim_run_dir()
+            worker = self._ensure_worker()
+            logger = ProgressLogger(self.run_dir)
+            bar = tqdm(total=total, initial=min(self.num_timesteps, total), unit="step",
+                       disable=not progress_bar, dynamic_ncols=True)
+            try:
+                while self.num_timesteps < total:
+                    row = self._update(worker)
+                    self.history.append(row)
+                    logger.log(row)
+                    bar.update(min(self.config.batch_size, total - bar.n))
+                    bar.set_postfix(ret=f"{row['mean_return']:.1f}", kl=f"{row['kl']:.4f}",
+                                    sps=f"{row['steps_per_second']:.0f}")
+                    if self.updates % self.config.checkpoint_every == 0:
+                        self._checkpoint()
+                    if stop.signal is not None:
+                        raise TrainingInterrupted(stop.signal, self.num_timesteps,
+                                                  self._checkpoint())
+                self._checkpoint()  # the final state (no-op if just written)
+            except NonFiniteError:
+                self._checkpoint()  # the last good state: the bad batch was undone
+                raise
+            finally:
+                bar.close()
+                logger.close()
         return self
 
+    def _claim_run_dir(self) -> None:
+        """Under the lock: makes ``run_dir`` this run's (or checks it is), clears temp files."""
+        if self.run_dir is not None:
+            claim_run_dir(self.run_dir, self.run_id, self.config.to_dict(),
+                          resumed_at=self.num_timesteps if self._resumed else None,
+                          newest_at_resume=self._newest_at_resume)
+            self._resumed = False
+
+    def _checkpoint(self) -> Path | None:
+        """Saves ``run_dir/checkpoints/update_NNNNNN.ckpt`` unless this update is saved."""
+        if self.run_dir is None:
+            return None
+        path = checkpoint_path(self.run_dir, self.updates)
+        if self._saved_update != self.updates:
+            self.save(path)
+            self._saved_update = self.updates
+        return path
+
     def _update(self, worker: RolloutWorker) -> dict:
+        """One TRPO iteration, undone whole (weights, optimizers, normalizer) if a quantity in
+        it is not finite; returns its progress row."""
+        start, snapshot = time.perf_counter(), self._snapshot()
+        try:
+            return self._iteration(worker)
+        except NonFiniteError as exc:
+            self._restore(snapshot)
+            first, last = self.num_timesteps + 1, self.num_timesteps + self.config.batch_size
+            message = f"update {self.updates + 1} (env steps {first:,}-{last:,}): {exc}"
+            if self.config.on_non_finite == "stop":
+                raise NonFiniteError(f"{message}; stopped at the last good state") from None
+            log.warning("%s; batch skipped (on_non_finite='skip')", message)
+        self.skipped_batches += 1
+        self.num_timesteps += self.config.batch_size
+        self.updates += 1
+        self.wall_time += time.perf_counter() - start
+        worker.reset(self.config.seed + self.updates)  # the envs may be stuck in a bad state
+        row = dict.fromkeys(PROGRESS_KEYS, float("nan"))
+        row.update(env_steps=self.num_timesteps, wall_time=self.wall_time, accepted=0,
+                   mean_return=worker.mean_return(), skipped_batches=self.skipped_batches)
+        return row
+
+    def _snapshot(self) -> tuple:
+        variables = [v.numpy() for v in self._all_variables()]
+        return variables, None if self.obs_rms is None else self.obs_rms.state()
+
+    def _restore(self, snapshot: tuple) -> None:
+        variables, obs_rms = snapshot
+        for variable, value in zip(self._all_variables(), variables, strict=True):
+            variable.assign(value)
+        if obs_rms is not None:
+            self.obs_rms.load_state(obs_rms)
+
+    def _all_variables(self) -> list:
+        return [*self.policy.trainable_variables, *self.value.trainable_variables,
+                *self.policy_optimizer.variables, *self.value_optimizer.variables]
+
+    def _iteration(self, worker: RolloutWorker) -> dict:
         """One TRPO iteration (Algorithm 1); returns its progress row."""
         cfg, start = self.config, time.perf_counter()
         # 1. Collect a batch with the current policy.
-        rollout = worker.collect(self.policy.numpy_params(), cfg.n_steps, self.rng)
+        rollout = worker.collect(self.policy.numpy_params(), cfg.n_steps, self.rng,
+                                 first_step=self.num_timesteps)
         # 2. Advantages by GAE, bootstrapping V(final_obs) at truncation.
         value_params = self.value.numpy_params()
         values = self.value.numpy_values(value_params, _flat(rollout.obs)).reshape(
@@ -163,6 +254,8 @@ class TRPO:
                                           cfg.gamma, cfg.gae_lambda)
         policy_advantages = (normalize_advantages(advantages) if cfg.normalize_advantages
                              else advantages)
+        for name, values in (("the return", returns), ("the advantage", policy_advantages)):
+            check_finite(name, _flat(values).astype(np.float32), self.num_timesteps, cfg.n_envs)
         critic_order = np.stack([self.rng.permutation(cfg.batch_size)
                                  for _ in range(cfg.critic_epochs)]).astype(np.int32)
         # 3 + 4. Natural-gradient policy step and value fit, in one compiled call.
@@ -170,12 +263,16 @@ class TRPO:
             _flat(rollout.obs), _flat(rollout.actions),
             _flat(policy_advantages).astype(np.float32), _flat(returns).astype(np.float32),
             critic_order)
+        stats = {k: v.numpy() for k, v in stats.items()}
+        if not (stats.pop("weights_finite") and np.isfinite(stats["value_loss"])):
+            raise NonFiniteError(
+                f"the value loss ({stats['value_loss']}) or the weights are not finite after "
+                f"the update (largest |return| {np.max(np.abs(returns)):.3g})")
         # 5. Log.
         elapsed = time.perf_counter() - start
         self.num_timesteps += cfg.batch_size
         self.updates += 1
         self.wall_time += elapsed
-        stats = {k: v.numpy() for k, v in stats.items()}
         return {
             "env_steps": self.num_timesteps,
             "wall_time": self.wall_time,
@@ -190,60 +287,13 @@ class TRPO:
             "cg_residual": float(stats["cg_residual"]),
             "surrogate_improvement": float(stats["loss_before"] - stats["loss_after"]),
             "steps_per_second": cfg.batch_size / elapsed,
+            "skipped_batches": self.skipped_batches,
         }
 
     def _make_update_fn(self):
-        """The compiled policy step + value fit, traced once for this batch size."""
-        cfg, policy, value = self.config, self.policy, self.value
-        n, obs_dim = cfg.batch_size, self.observation_space.shape[0]
-        if isinstance(policy, CategoricalPolicy):
-            action_spec = tf.TensorSpec([n], tf.int32)
-        else:
-            action_spec = tf.TensorSpec([n, self.action_space.shape[0]], tf.float32)
-        batches_per_epoch = math.ceil(n / cfg.critic_batch_size)
-        value_vars = list(value.trainable_variables)
-
-        def policy_step(obs, actions, advantages):
-            old_outputs = tf.nest.map_structure(tf.stop_gradient, policy.outputs(obs))
-            log_prob_old = policy.log_prob(old_outputs, actions)
-
-            def surrogate_loss():
-                ratio = tf.exp(policy.log_prob(policy.outputs(obs), actions) - log_prob_old)
-                return -tf.reduce_mean(ratio * advantages)
-
-            def kl():
-                return policy.distribution.kl(old_outputs, policy.outputs(obs))
-
-            stats = self.policy_optimizer.minimize(
-                surrogate_loss, policy.trainable_variables, kl_fn=kl,
-                outputs_fn=lambda: policy.outputs(obs[:: cfg.fisher_subsample]),
-                output_distribution=policy.distribution)
-            stats["entropy"] = tf.reduce_mean(policy.entropy(old_outputs))
-            return stats
-
-        def value_loss(obs, returns):
-            return tf.reduce_mean(tf.square(value(obs) - returns))
-
-        def fit_value(obs, returns, critic_order):
-            for epoch in tf.range(cfg.critic_epochs):
-                for b in tf.range(batches_per_epoch):
-                    idx = critic_order[epoch, b * cfg.critic_batch_size:
-                                       (b + 1) * cfg.critic_batch_size]
-                    with tf.GradientTape() as tape:
-                        loss = value_loss(tf.gather(obs, idx), tf.gather(returns, idx))
-                    grads = tape.gradient(loss, value_vars)
-                    self.value_optimizer.apply_gradients(zip(grads, value_vars, strict=True))
-            return value_loss(obs, returns)
-
-        @tf.function(input_signature=[
-            tf.TensorSpec([n, obs_dim], tf.float32), action_spec, tf.TensorSpec([n], tf.float32),
-            tf.TensorSpec([n], tf.float32), tf.TensorSpec([cfg.critic_epochs, n], tf.int32)])
-        def update(obs, actions, advantages, returns, critic_order):
-            stats = policy_step(obs, actions, advantages)
-            stats["value_loss"] = fit_value(obs, returns, critic_order)
-            return stats
-
-        return update
+        action_shape = () if isinstance(self.policy, CategoricalPolicy) else self.action_space.shape
+        return make_update_fn(self.config, self.policy, self.value, self.policy_optimizer,
+                              self.value_optimizer, self.observation_space.shape, action_shape)
 
     def _ensure_worker(self) -> RolloutWorker:
         """Creates the vector env (restoring a checkpoint's env state if one is pending)."""
@@ -258,9 +308,9 @@ class TRPO:
         else:
             saved_obs_rms = None if self.obs_rms is None else self.obs_rms.state()
             if pending["sub_envs"] is not None and isinstance(envs, gym.vector.SyncVectorEnv):
-                envs.envs = pickle.loads(pending["sub_envs"])
+                envs.envs = pending["sub_envs"]
                 worker.load_state(pending["worker"])
-            else:  # not picklable (e.g. async or MuJoCo): re-reset; partial episodes are lost
+            else:  # re-seed: the episodes in progress are lost
                 worker.reset(cfg.seed + self.updates)
                 worker.load_state({**pending["worker"], "last_obs": worker.last_obs,
                                    "running_returns": np.zeros(cfg.n_envs)})
@@ -276,127 +326,113 @@ class TRPO:
         return obs if self.obs_rms is None else self.obs_rms.normalize(obs)
 
     def predict(self, obs, deterministic: bool = True) -> np.ndarray:
-        """Env-ready actions for one observation ``[obs_dim]`` or a batch ``[B, obs_dim]``."""
+        """Env-ready actions for one observation ``[obs_dim]`` or a batch ``[B, obs_dim]``.
+
+        Raises:
+          ValueError: an observation of another shape, naming the expected one.
+        """
         obs = np.asarray(obs, np.float32)
-        single = obs.ndim == 1
+        shape = self.observation_space.shape
+        if obs.shape != shape and obs.shape[1:] != shape:
+            raise ValueError(f"predict expects an observation of shape {shape} or a batch "
+                             f"(B, {', '.join(map(str, shape))}); got shape {obs.shape}")
+        single = obs.shape == shape
         batch = self._normalize(obs[None] if single else obs)
         actions = self.policy.numpy_act(self.policy.numpy_params(), batch, self._predict_rng,
                                         deterministic=deterministic)
-        if isinstance(self.action_space, gym.spaces.Box):
-            actions = np.clip(actions, self.action_space.low, self.action_space.high)
-            actions = actions.astype(np.float32)
+        actions = env_actions(self.action_space, actions)
         return actions[0] if single else actions
 
-    def evaluate(self, episodes: int | None = None, *, seed: int | None = None) -> dict:
-        """Deterministic-policy returns on a fresh env (unnormalized env rewards)."""
-        episodes = self.config.eval_episodes if episodes is None else int(episodes)
-        seed = self.config.seed + 10_000 if seed is None else int(seed)
-        env = self._env_factory()
-        params = self.policy.numpy_params()
-        returns = []
-        try:
-            for episode in range(episodes):
-                obs, _ = env.reset(seed=seed + episode)
-                total, done = 0.0, False
-                while not done:
-                    action = self.policy.numpy_act(params, self._normalize(obs[None]), None,
-                                                   deterministic=True)[0]
-                    if isinstance(self.action_space, gym.spaces.Box):
-                        action = np.clip(action, self.action_space.low,
-                                         self.action_space.high).astype(np.float32)
-                    obs, reward, terminated, truncated, _ = env.step(action)
-                    total += float(reward)
-                    done = terminated or truncated
-                returns.append(total)
-        finally:
-            env.close()
-        return {"mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
-                "episodes": episodes, "returns": returns}
+    def evaluate(self, episodes: int | None = None, *, seed: int | None = None,
+                 max_episode_steps: int | None = None) -> dict:
+        """Deterministic-policy returns on a fresh env (unnormalized env rewards); see
+        :func:`agents.evaluation.evaluate_policy`. Defaults: ``config.eval_episodes``,
+        ``config.seed + 10000``, ``config.eval_max_episode_steps``."""
+        cfg = self.config
+        return evaluate_policy(
+            self, cfg.eval_episodes if episodes is None else int(episodes),
+            cfg.seed + EVAL_SEED_OFFSET if seed is None else int(seed),
+            cfg.eval_max_episode_steps if max_episode_steps is None else int(max_episode_steps))
 
     # Saving and loading --------------------------------------------------------------------
 
-    def _state(self) -> dict:
-        worker = self._worker
-        sub_envs = None
-        if worker is not None and isinstance(worker.envs, gym.vector.SyncVectorEnv):
-            try:
-                sub_envs = pickle.dumps(worker.envs.envs)
-            except Exception:  # unpicklable env: resume re-resets the envs
-                sub_envs = None
-        return {
-            "env_id": self.config.env_id,
-            "config": self.config.to_dict(),
-            "num_timesteps": self.num_timesteps,
-            "updates": self.updates,
-            "wall_time": self.wall_time,
-            "policy": [v.numpy() for v in self.policy.trainable_variables],
-            "value": [v.numpy() for v in self.value.trainable_variables],
-            "policy_optimizer": [v.numpy() for v in self.policy_optimizer.variables],
-            "value_optimizer": [v.numpy() for v in self.value_optimizer.variables],
-            "obs_rms": None if self.obs_rms is None else self.obs_rms.state(),
-            "rng": self.rng.bit_generator.state,
-            "worker": None if worker is None else worker.state(),
-            "sub_envs": sub_envs,
-            "history": [dict(row) for row in self.history],
-        }
-
-    def _load_state(self, state: dict) -> None:
-        if state["env_id"] != self.config.env_id:
-            raise ValueError(f"checkpoint is for env {state['env_id']!r}, "
-                             f"this agent is for {self.config.env_id!r}")
-        try:
-            for group, values in (
-                (self.policy.trainable_variables, state["policy"]),
-                (self.value.trainable_variables, state["value"]),
-                (self.policy_optimizer.variables, state["policy_optimizer"]),
-                (self.value_optimizer.variables, state["value_optimizer"]),
-            ):
-                if len(group) != len(values):
-                    raise ValueError("variable count mismatch")
-                for variable, value in zip(group, values, strict=True):
-                    if tuple(variable.shape) != np.shape(value):
-                        raise ValueError(f"shape mismatch for {variable.name}")
-                    variable.assign(value)
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"checkpoint does not match this agent's networks: {e}") from e
-        if self.obs_rms is not None and state["obs_rms"] is not None:
-            self.obs_rms.load_state(state["obs_rms"])
-        self.rng.bit_generator.state = state["rng"]
-        self.num_timesteps = int(state["num_timesteps"])
-        self.updates = int(state["updates"])
-        self.wall_time = float(state["wall_time"])
-        self.history = [dict(row) for row in state["history"]]
-        self._worker = None
-        if state["worker"] is not None:
-            self._pending_env_state = {"worker": state["worker"], "sub_envs": state["sub_envs"]}
-
     def save(self, path) -> None:
-        """Writes the whole agent (weights, optimizers, normalizer, RNG, envs) atomically."""
-        write_checkpoint(path, self._state())
+        """Writes the whole agent (weights, optimizers, normalizer, RNG; see
+        :mod:`agents.agent_state`) atomically. Refuses non-finite weights (``ValueError``)."""
+        write_checkpoint(path, *agent_checkpoint(self))
 
     @classmethod
-    def load(cls, path, *, env=None, run_dir=None) -> TRPO:
+    def load(cls, path, *, env=None, run_dir=None, trust_env_state: bool = False) -> TRPO:
         """Rebuilds an agent from ``save``/a checkpoint; ``env`` defaults to the saved env id.
 
-        Raises ``ValueError`` for a corrupt or truncated file, or one written for another env.
+        Nothing in the file is executed, unless it holds pickled envs (``save_env_state``)
+        and ``trust_env_state=True``: pass that only for files you wrote.
+
+        Raises:
+          agents.checkpoint.CheckpointError (a ``ValueError``): the file is unreadable,
+            corrupt or truncated, from an older natgrad, or for another env than ``env``.
         """
+        checkpoint = path if not isinstance(path, (str, Path)) else read_checkpoint(path)
+        return cls._from_checkpoint(checkpoint, env=env, run_dir=run_dir,
+                                    trust_env_state=trust_env_state)
+
+    @classmethod
+    def _from_checkpoint(cls, checkpoint, *, env, run_dir, trust_env_state) -> TRPO:
+        meta = checkpoint.meta
         expected = resolve_env(env)[0] if isinstance(env, str) else None
-        state = read_checkpoint(path, expected_env_id=expected)
-        settings = dict(state["config"])
-        env_id = settings.pop("env_id")
-        if env is None:
-            agent = cls(env_id, run_dir=run_dir, **settings)
-        else:  # a gymnasium.Env or factory keeps the saved env id
-            agent = cls(env, run_dir=run_dir, env_id=env_id if expected is None else expected,
-                        **settings)
-        agent._load_state(state)
+        if expected is not None and meta.get("env_id") != expected:
+            raise CheckpointError(f"checkpoint {checkpoint.path} was written for env "
+                                  f"{meta.get('env_id')!r}, not {expected!r}")
+        if not isinstance(meta.get("config"), dict):
+            raise CheckpointError(f"checkpoint {checkpoint.path} has no configuration")
+        settings = dict(meta["config"])
+        env_id = settings.pop("env_id", meta.get("env_id"))
+        try:
+            if env is None or isinstance(env, str):
+                agent = cls(env_id, run_dir=run_dir, **settings)
+            else:  # a gymnasium.Env or factory keeps the saved env id
+                agent = cls(env, run_dir=run_dir, env_id=env_id, **settings)
+        except TypeError as exc:  # a config field this version does not know
+            raise CheckpointError(f"checkpoint {checkpoint.path}: {exc}") from None
+        restore_agent(agent, checkpoint, trust_env_state=trust_env_state)
+        agent.run_id = meta.get("run_id") or agent.run_id
+        agent._saved_update = agent.updates
         return agent
 
     @classmethod
-    def resume(cls, run_dir, *, env=None) -> TRPO:
-        """Loads ``run_dir``'s last checkpoint; ``.learn()`` then continues the run."""
-        agent = cls.load(latest_checkpoint(run_dir), env=env, run_dir=run_dir)
-        ProgressLogger(run_dir).truncate_after(agent.num_timesteps)
+    def resume(cls, run_dir, *, env=None, trust_env_state: bool = False) -> TRPO:
+        """The agent of ``run_dir`` at its newest usable checkpoint; ``.learn()`` continues.
+
+        Checkpoints that are truncated or corrupt are skipped with a warning (logger
+        ``"agents"``); one from another env or run is refused (:mod:`agents.run_dir`). A run
+        stopped before its first checkpoint restarts from its start, in place. Progress rows
+        written after the checkpoint are dropped when ``learn`` starts.
+
+        Raises:
+          RunDirError / CheckpointError (both ``ValueError``): naming what is wrong.
+        """
+        run_dir = Path(run_dir)
+        run_id, config = read_run_config(run_dir)
+        if run_id is None:
+            raise RunDirError(f"{run_dir} was written by an older version of natgrad (its "
+                              "config.json has no run id) and cannot be resumed; start a new run")
+        checkpoint, notes = select_checkpoint(run_dir, run_id, config)
+        for note in notes:
+            log.warning("%s", note)
+        if checkpoint is None and notes:
+            raise RunDirError(f"{run_dir}: no usable checkpoint ({'; '.join(notes)})")
+        if checkpoint is None:
+            log.warning("%s has no checkpoint yet: the run restarts from its start", run_dir)
+            settings = {k: v for k, v in config.items() if k != "env_id"}
+            agent = cls(config["env_id"] if env is None else env, run_dir=run_dir, **settings)
+            agent.run_id = run_id
+        else:
+            if notes:
+                log.warning("resuming from %s", checkpoint.path)
+            agent = cls._from_checkpoint(checkpoint, env=env, run_dir=run_dir,
+                                         trust_env_state=trust_env_state)
+        agent._resumed = True
+        agent._newest_at_resume = (list_checkpoints(run_dir) or [None])[0]
         return agent
 
 

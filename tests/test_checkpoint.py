@@ -1,17 +1,36 @@
-"""Checkpoints: atomic writes, exact resume, and clear errors for bad files."""
+"""Checkpoints: exact and re-seeded resume, atomic writes, and files that must never run code."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from agents import TRPO
-from agents.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
+from agents.checkpoint import (
+    ENV_STATE_KEY,
+    MAGIC,
+    CheckpointError,
+    latest_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 SMALL = {"n_envs": 2, "n_steps": 64, "critic_epochs": 2, "policy_hidden": (16,),
          "value_hidden": (16,), "checkpoint_every": 2}
+SMALL_CLI = ["--set", "n_envs=2", "--set", "n_steps=64", "--set", "critic_epochs=2",
+             "--set", "policy_hidden=16", "--set", "value_hidden=16",
+             "--set", "checkpoint_every=2"]
+BATCH = 128
 
 
 def _rows(run_dir):
@@ -25,25 +44,51 @@ def _weights(agent):
                                 *agent.value.trainable_variables)]
 
 
+class Marker:
+    """Unpickling this creates ``path``: proof that a loader ran code from a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 @pytest.mark.parametrize("env_id, extra", [("CartPole-v1", {"normalize_obs": True}),
                                            ("Pendulum-v1", {})])
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, env_id, extra):
-    total, batch = 8 * 128, 128
-    straight = TRPO(env_id, run_dir=tmp_path / "straight", **SMALL, **extra).learn(total)
+def test_trusted_env_state_resumes_bit_for_bit(tmp_path, env_id, extra):
+    settings = {**SMALL, **extra, "save_env_state": True}
+    straight = TRPO(env_id, run_dir=tmp_path / "straight", **settings).learn(8 * BATCH)
 
     interrupted = tmp_path / "interrupted"
-    TRPO(env_id, run_dir=interrupted, **SMALL, **extra).learn(5 * batch)
+    TRPO(env_id, run_dir=interrupted, **settings).learn(5 * BATCH)
     # A kill after update 5 was logged but before its checkpoint was written:
     (interrupted / "checkpoints" / "update_000005.ckpt").unlink()
-    assert latest_checkpoint(interrupted).name == "update_000004.ckpt"
-    resumed = TRPO.resume(interrupted)
-    assert resumed.num_timesteps == 4 * batch
-    resumed.learn(total)
+    resumed = TRPO.resume(interrupted, trust_env_state=True)
+    assert resumed.num_timesteps == 4 * BATCH
+    resumed.learn(8 * BATCH)
 
     for a, b in zip(_weights(straight), _weights(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
     assert _rows(tmp_path / "straight") == _rows(interrupted)
     assert len(_rows(interrupted)) == 8 and len(resumed.history) == 8
+
+
+def test_default_resume_reseeds_the_envs_deterministically(tmp_path):
+    run = tmp_path / "run"
+    TRPO("CartPole-v1", run_dir=run, **SMALL).learn(4 * BATCH)
+    rows_at_checkpoint = _rows(run)
+    ckpt = read_checkpoint(latest_checkpoint(run))
+    assert ENV_STATE_KEY not in ckpt.arrays  # no pickled envs unless asked for
+
+    first = TRPO.resume(run).learn(6 * BATCH)
+    assert first.num_timesteps == 6 * BATCH
+    assert _rows(run)[:4] == rows_at_checkpoint and len(_rows(run)) == 6
+    # The same checkpoint resumed again gives the same run.
+    (run / "checkpoints" / "update_000006.ckpt").unlink()
+    second = TRPO.resume(run).learn(6 * BATCH)
+    for a, b in zip(_weights(first), _weights(second), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_save_load_round_trip_predicts_the_same(tmp_path):
@@ -53,6 +98,7 @@ def test_save_load_round_trip_predicts_the_same(tmp_path):
     obs = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
     np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
     assert loaded.num_timesteps == 256 and loaded.config == agent.config
+    assert loaded.run_id == agent.run_id
     np.testing.assert_array_equal(agent.obs_rms.mean, loaded.obs_rms.mean)
     assert not list(tmp_path.glob(".*tmp"))  # the atomic write left no temp file
 
@@ -69,56 +115,93 @@ def test_corrupt_truncated_and_foreign_files_raise(tmp_path):
     (tmp_path / "other.ckpt").write_bytes(b"not a checkpoint at all")
     for name, message in [("truncated", "truncated or corrupt"), ("flipped", "corrupt"),
                           ("other", "not a natgrad TRPO checkpoint"), ("missing", "cannot read")]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(CheckpointError, match=message):
             TRPO.load(tmp_path / f"{name}.ckpt")
     with pytest.raises(ValueError, match="'CartPole-v1', not 'Acrobot-v1'"):
         TRPO.load(path, env="Acrobot-v1")
-    with pytest.raises(ValueError, match="for env"):
-        read_checkpoint(path, expected_env_id="Acrobot-v1")
-    state = read_checkpoint(path)
-    state["env_id"] = "Acrobot-v1"
-    write_checkpoint(tmp_path / "acrobot.ckpt", {k: v for k, v in state.items()
-                                                  if k != "format_version"})
-    with pytest.raises(ValueError, match="checkpoint is for env 'Acrobot-v1'"):
-        agent._load_state(read_checkpoint(tmp_path / "acrobot.ckpt"))
-    with pytest.raises(ValueError, match="no checkpoint found"):
-        TRPO.resume(tmp_path / "empty")
+
+
+def _reseal(payload: bytes) -> bytes:
+    """A checkpoint file around ``payload`` with a correct header and SHA-256."""
+    return MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def test_a_crafted_pickle_is_never_executed(tmp_path):
+    """Old-format pickles, pickled arrays in a resealed file: refused, and no code runs."""
+    marker = tmp_path / "pwned"
+    old = b"NATGRAD-TRPO-v1\n"
+    payload = pickle.dumps({"format_version": 1, "env_id": "CartPole-v1", "x": Marker(marker)})
+    (tmp_path / "old.ckpt").write_bytes(old + hashlib.sha256(payload).digest() + payload)
+    with pytest.raises(CheckpointError, match="older version of natgrad"):
+        TRPO.load(tmp_path / "old.ckpt")
+
+    agent = TRPO("CartPole-v1", **SMALL)
+    agent.save(tmp_path / "good.ckpt")
+    good = read_checkpoint(tmp_path / "good.ckpt")
+    buffer = io.BytesIO()
+    np.savez(buffer, __meta__=np.frombuffer(b'{"format_version": 2}', np.uint8),
+             evil=np.array([Marker(marker)], dtype=object))
+    (tmp_path / "evil.ckpt").write_bytes(_reseal(buffer.getvalue()))
+    with pytest.raises(CheckpointError, match="could not be decoded"):
+        TRPO.load(tmp_path / "evil.ckpt")
+    assert not marker.exists()
+
+    # An env-state pickle (what save_env_state writes) is not unpickled unless trusted.
+    arrays = {**good.arrays,
+              ENV_STATE_KEY: np.frombuffer(pickle.dumps(Marker(marker)), np.uint8)}
+    write_checkpoint(tmp_path / "env.ckpt", good.meta, arrays)
+    loaded = TRPO.load(tmp_path / "env.ckpt")
+    assert not marker.exists()
+    assert loaded._pending_env_state is None or loaded._pending_env_state["sub_envs"] is None
+
+
+def test_non_finite_weights_are_never_saved_or_loaded(tmp_path):
+    agent = TRPO("CartPole-v1", **SMALL)
+    agent.save(tmp_path / "good.ckpt")
+    good = read_checkpoint(tmp_path / "good.ckpt")
+    kernel = agent.policy.trainable_variables[0]
+    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        agent.save(tmp_path / "bad.ckpt")
+    assert not (tmp_path / "bad.ckpt").exists()
+    arrays = dict(good.arrays)
+    arrays["value/000"] = np.full_like(arrays["value/000"], np.inf)
+    write_checkpoint(tmp_path / "inf.ckpt", good.meta, arrays)
+    with pytest.raises(CheckpointError, match="value/000 holds NaN or infinite"):
+        TRPO.load(tmp_path / "inf.ckpt")
 
 
 def test_sigkill_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
-    """A real ``kill -9`` of ``natgrad-trpo train``; ``--resume`` ends where a straight run ends."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    settings = ["n_envs=2", "n_steps=64", "critic_epochs=2", "policy_hidden=16",
-                "value_hidden=16", "checkpoint_every=2"]
-    total = 40 * 128
+    """A real ``kill -9`` of ``natgrad-trpo train`` once its second checkpoint exists (an
+    event, not a time); the budget is too large to finish first. ``--resume`` with trusted env
+    state then ends bit for bit where a straight run ends."""
     run_dir = tmp_path / "killed"
-    argv = [sys.executable, "-m", "agents", "train", "CartPole-v1", "--steps", str(total),
-            "--out", str(run_dir)] + [a for s in settings for a in ("--set", s)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        checkpoints = list((run_dir / "checkpoints").glob("update_*.ckpt"))
-        if len(checkpoints) >= 2:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = read_checkpoint(latest_checkpoint(run_dir))["num_timesteps"]
-    assert 0 < killed_at < total
+    argv = [sys.executable, "-m", "agents", "train", "CartPole-v1", "--steps", "10_000_000",
+            "--out", str(run_dir), *SMALL_CLI, "--set", "save_env_state=true"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "checkpoints" / "update_000004.ckpt").exists():
+            assert proc.poll() is None, "the run died before its second checkpoint"
+            assert time.monotonic() < deadline, "no second checkpoint within 240 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    killed_at = read_checkpoint(latest_checkpoint(run_dir)).meta["num_timesteps"]
+    assert killed_at >= 4 * BATCH
+    total = killed_at + 3 * BATCH
 
-    resume = subprocess.run([sys.executable, "-m", "agents", "train", "--resume", str(run_dir)],
-                            capture_output=True, text=True, env=env, timeout=300)
+    resume = subprocess.run([sys.executable, "-m", "agents", "train", "--resume", str(run_dir),
+                             "--trust-env-state", "--steps", str(total)],
+                            capture_output=True, text=True, timeout=300)
     assert resume.returncode == 0, resume.stderr[-2000:]
 
-    straight = TRPO("CartPole-v1", total_steps=total, n_envs=2, n_steps=64, critic_epochs=2,
-                    policy_hidden=(16,), value_hidden=(16,), checkpoint_every=2).learn()
+    straight = TRPO("CartPole-v1", total_steps=10_000_000, save_env_state=True,
+                    **SMALL).learn(total)
     resumed = TRPO.load(latest_checkpoint(run_dir))
     assert resumed.num_timesteps == straight.num_timesteps == total
     for a, b in zip(_weights(straight), _weights(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))

@@ -138,7 +138,7 @@ def test_short_cartpole_run_learns_and_writes_its_run_dir(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(agent.history) == 20
     assert set(rows[0]) == set(agent.history[0])
-    assert json.loads((tmp_path / "config.json").read_text())["n_steps"] == 512
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["n_steps"] == 512
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert (tmp_path / "checkpoints" / "update_000020.ckpt").exists()
     result = agent.evaluate(episodes=2)

@@ -1,0 +1,159 @@
+"""What a TRPO checkpoint holds, and how an agent is put back into that state.
+
+A checkpoint (:mod:`agents.checkpoint`) is JSON plus named arrays:
+
+* arrays ``policy/NNN``, ``value/NNN``, ``policy_optimizer/NNN``, ``value_optimizer/NNN`` (the
+  variables in order), ``obs_rms/mean``, ``obs_rms/var``, ``worker/running_returns``,
+  ``worker/last_obs``;
+* JSON: ``env_id``, ``run_id``, ``config`` (every :class:`TRPOConfig` field), ``num_timesteps``,
+  ``updates``, ``wall_time``, the NumPy ``rng`` state, the normalizer's ``count``/``clip``/
+  ``epsilon``, the return window, and the ``history`` of progress rows;
+* only with ``save_env_state=True``: the sub-environments of a ``"sync"`` vector env, pickled
+  (see :mod:`agents.checkpoint` for when they are unpickled).
+
+Non-finite weights are never written, and never loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import gymnasium as gym
+import numpy as np
+
+import natgrad
+from agents.checkpoint import ENV_STATE_KEY, Checkpoint, CheckpointError
+
+log = logging.getLogger("agents")
+
+
+def _variable_groups(agent) -> dict[str, list]:
+    return {
+        "policy": list(agent.policy.trainable_variables),
+        "value": list(agent.value.trainable_variables),
+        "policy_optimizer": list(agent.policy_optimizer.variables),
+        "value_optimizer": list(agent.value_optimizer.variables),
+    }
+
+
+def agent_checkpoint(agent) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(meta, arrays)`` of ``agent``'s whole training state.
+
+    Raises:
+      ValueError: a weight or optimizer slot is NaN or infinite (nothing is written).
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for group, variables in _variable_groups(agent).items():
+        for i, variable in enumerate(variables):
+            value = np.asarray(variable.numpy())
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"refusing to save a checkpoint: {group} variable "
+                                 f"{variable.name} holds NaN or infinite values")
+            arrays[f"{group}/{i:03d}"] = value
+    meta = {
+        "natgrad_version": natgrad.__version__,
+        "env_id": agent.config.env_id,
+        "run_id": agent.run_id,
+        "config": agent.config.to_dict(),
+        "num_timesteps": agent.num_timesteps,
+        "updates": agent.updates,
+        "wall_time": agent.wall_time,
+        "rng": agent.rng.bit_generator.state,
+        "history": [dict(row) for row in agent.history],
+        "obs_rms": None,
+        "worker": None,
+    }
+    if agent.obs_rms is not None:
+        rms = agent.obs_rms
+        meta["obs_rms"] = {"count": rms.count, "clip": rms.clip, "epsilon": rms.epsilon}
+        arrays["obs_rms/mean"], arrays["obs_rms/var"] = rms.mean, rms.var
+    worker = agent._worker
+    if worker is not None:
+        meta["worker"] = {"episode_returns": list(worker.episode_returns),
+                          "episodes": worker.episodes}
+        arrays["worker/running_returns"] = worker.running_returns
+        arrays["worker/last_obs"] = np.asarray(worker.last_obs)
+        if agent.config.save_env_state and isinstance(worker.envs, gym.vector.SyncVectorEnv):
+            try:
+                blob = pickle.dumps(worker.envs.envs)
+            except Exception as exc:  # noqa: BLE001 - an env that cannot be pickled
+                log.warning("save_env_state: the envs cannot be pickled (%s); a resume will "
+                            "re-seed them", exc)
+            else:
+                arrays[ENV_STATE_KEY] = np.frombuffer(blob, np.uint8)
+    return meta, arrays
+
+
+def _array(checkpoint: Checkpoint, name: str) -> np.ndarray:
+    try:
+        return checkpoint.arrays[name]
+    except KeyError:
+        raise CheckpointError(f"checkpoint {checkpoint.path} lacks the array {name!r}") from None
+
+
+def restore_agent(agent, checkpoint: Checkpoint, *, trust_env_state: bool = False) -> None:
+    """Puts ``agent`` (built from the checkpoint's config) into the checkpoint's state.
+
+    Everything is checked before the first variable changes: names, counts, shapes and
+    finiteness of the arrays, and the JSON fields' types.
+
+    Raises:
+      CheckpointError: naming the file and what does not fit.
+    """
+    meta, path = checkpoint.meta, checkpoint.path
+    if meta.get("env_id") != agent.config.env_id:
+        raise CheckpointError(f"checkpoint {path} is for env {meta.get('env_id')!r}, "
+                              f"this agent is for {agent.config.env_id!r}")
+    assignments = []
+    for group, variables in _variable_groups(agent).items():
+        stored = sorted(k for k in checkpoint.arrays if k.startswith(group + "/"))
+        if len(stored) != len(variables):
+            raise CheckpointError(
+                f"checkpoint {path} does not match this agent's networks: {len(stored)} "
+                f"{group} arrays, the agent has {len(variables)} variables")
+        for variable, name in zip(variables, stored, strict=True):
+            value = checkpoint.arrays[name]
+            kind = np.asarray(variable.numpy()).dtype.kind
+            if tuple(variable.shape) != value.shape or value.dtype.kind != kind:
+                raise CheckpointError(
+                    f"checkpoint {path} does not match this agent's networks: {name} is "
+                    f"{value.dtype}{list(value.shape)}, {variable.name} is "
+                    f"{list(variable.shape)}")
+            if not np.all(np.isfinite(value)):
+                raise CheckpointError(f"checkpoint {path}: {name} holds NaN or infinite values")
+            assignments.append((variable, value))
+    try:
+        counters = (int(meta["num_timesteps"]), int(meta["updates"]), float(meta["wall_time"]))
+        history = [dict(row) for row in meta["history"]]
+        rms_meta, worker_meta = meta["obs_rms"], meta["worker"]
+        rng = np.random.default_rng()
+        rng.bit_generator.state = meta["rng"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} has a malformed field: {exc}") from None
+
+    for variable, value in assignments:
+        variable.assign(value)
+    agent.rng.bit_generator.state = rng.bit_generator.state
+    agent.num_timesteps, agent.updates, agent.wall_time = counters
+    agent.history = history
+    if agent.obs_rms is not None and rms_meta is not None:
+        agent.obs_rms.load_state({**rms_meta, "mean": _array(checkpoint, "obs_rms/mean"),
+                                  "var": _array(checkpoint, "obs_rms/var")})
+    agent._worker = None
+    agent._pending_env_state = None
+    if worker_meta is not None:
+        sub_envs = None
+        if ENV_STATE_KEY in checkpoint.arrays:
+            if trust_env_state:
+                sub_envs = pickle.loads(checkpoint.arrays[ENV_STATE_KEY].tobytes())  # noqa: S301
+            else:
+                log.warning("%s holds pickled env state, which is not loaded unless you trust "
+                            "the file (trust_env_state=True, or --trust-env-state); the envs "
+                            "are re-seeded instead", path)
+        agent._pending_env_state = {
+            "worker": {**worker_meta,
+                       "running_returns": _array(checkpoint, "worker/running_returns"),
+                       "last_obs": _array(checkpoint, "worker/last_obs")},
+            "sub_envs": sub_envs,
+        }

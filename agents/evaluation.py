@@ -1,0 +1,122 @@
+"""Deterministic evaluation of a TRPO agent: returns, ``eval.json`` and mp4 videos.
+
+* :func:`evaluate_policy`: the deterministic policy (mean action, or argmax) on a fresh env,
+  episode ``i`` reset with ``seed + i``; unnormalized env rewards. An episode still running
+  after ``max_episode_steps`` is cut there and counted, so an env that never ends cannot hang
+  the evaluation.
+* :func:`evaluation_record` / :func:`write_evaluation`: the ``eval.json`` of a run directory.
+* :func:`record_videos`: episodes as mp4 through Gymnasium's ``RecordVideo`` (needs the
+  ``video`` extra, i.e. moviepy).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agents.checkpoint import atomic_write_bytes
+from agents.rollout import env_actions
+
+EVAL_FILE = "eval.json"
+VIDEO_DIR = "videos"
+EVAL_SEED_OFFSET = 10_000  # evaluation envs are seeded apart from the training envs
+
+
+def evaluate_policy(agent, episodes: int, seed: int, max_episode_steps: int) -> dict:
+    """``{mean_return, std_return, episodes, returns, cut_episodes}`` of ``agent``'s
+    deterministic policy over ``episodes`` episodes of a fresh env."""
+    env = agent._env_factory()
+    params = agent.policy.numpy_params()
+    returns, cut = [], 0
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            total, done, steps = 0.0, False, 0
+            while not done and steps < max_episode_steps:
+                action = agent.policy.numpy_act(params, agent._normalize(obs[None]), None,
+                                                deterministic=True)
+                obs, reward, terminated, truncated, _ = env.step(
+                    env_actions(agent.action_space, action)[0])
+                total += float(reward)
+                steps += 1
+                done = terminated or truncated
+            cut += not done
+            returns.append(total)
+    finally:
+        env.close()
+    return {"mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
+            "episodes": episodes, "returns": returns, "cut_episodes": cut}
+
+
+def training_wall_time(run_dir: Path) -> float | None:
+    """The last ``wall_time`` logged in ``progress.csv``, or None."""
+    from agents.plotting import read_progress
+
+    try:
+        wall = read_progress(run_dir).get("wall_time")
+    except (OSError, ValueError):
+        return None
+    wall = None if wall is None else wall[np.isfinite(wall)]
+    return None if wall is None or wall.size == 0 else float(wall[-1])
+
+
+def evaluation_record(agent, run_dir: Path, episodes: int | None, seed: int | None,
+                      wall_time: float | None = None) -> dict:
+    """Evaluates ``agent`` and returns the ``eval.json`` record (nothing is written)."""
+    config = agent.config
+    eval_seed = config.seed + EVAL_SEED_OFFSET if seed is None else seed
+    result = agent.evaluate(episodes, seed=eval_seed)
+    logged_wall_time = training_wall_time(run_dir)
+    return {
+        "mean_return": float(result["mean_return"]),
+        "std_return": float(result["std_return"]),
+        "episodes": int(result["episodes"]),
+        "cut_episodes": int(result["cut_episodes"]),
+        "env_id": config.env_id,
+        "steps": int(agent.num_timesteps),
+        "seed": int(config.seed),
+        "wall_time": logged_wall_time if logged_wall_time is not None else wall_time,
+        "eval_seed": int(eval_seed),
+        "returns": [float(r) for r in result["returns"]],
+    }
+
+
+def write_evaluation(run_dir: Path, record: dict) -> Path:
+    """Writes ``record`` to ``run_dir/eval.json`` atomically; returns the path."""
+    path = Path(run_dir) / EVAL_FILE
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    return path
+
+
+def has_video_encoder() -> bool:
+    """Whether moviepy, which ``RecordVideo`` encodes mp4 with, is installed."""
+    return importlib.util.find_spec("moviepy") is not None
+
+
+def record_videos(agent, run_dir: Path, episodes: int, seed: int) -> list[Path]:
+    """Records ``episodes`` deterministic episodes as mp4 into ``run_dir/videos``."""
+    import gymnasium as gym
+    from gymnasium.wrappers import RecordVideo
+
+    video_dir = Path(run_dir) / VIDEO_DIR
+    before = set(video_dir.glob("*.mp4")) if video_dir.exists() else set()
+    env = gym.make(agent.config.env_id, render_mode="rgb_array")
+    prefix = f"{agent.config.env_id.replace('/', '_').replace(':', '_')}-step{agent.num_timesteps}"
+    env = RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix=prefix,
+                      disable_logger=True)
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            done, steps = False, 0
+            while not done and steps < agent.config.eval_max_episode_steps:
+                action = agent.predict(obs, deterministic=True)
+                if isinstance(env.action_space, gym.spaces.Discrete):
+                    action = int(action)
+                obs, _, terminated, truncated, _ = env.step(action)
+                done, steps = terminated or truncated, steps + 1
+    finally:
+        env.close()
+    return sorted(set(video_dir.glob("*.mp4")) - before)

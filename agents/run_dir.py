@@ -1,0 +1,209 @@
+"""A run directory: its identity (``config.json``), its one writer (a lock) and its checkpoints.
+
+A run directory written by :meth:`agents.TRPO.learn` holds::
+
+    config.json      {"run_id": "<32 hex digits>", "config": {TRPOConfig fields}}
+    .lock            held (``flock``) by the one process writing the run; holds its pid
+    progress.csv     one row per update (agents.logger)
+    tb/              TensorBoard scalars
+    checkpoints/     update_NNNNNN.ckpt (agents.checkpoint)
+
+``run_id`` is drawn when the run starts and written into every checkpoint, so a checkpoint
+copied in from another run (another env, seed, network, or just another run of the same
+settings) is recognised and refused by :func:`select_checkpoint`, naming the mismatch, before
+anything in the directory changes.
+
+:class:`RunLock` takes an exclusive, non-blocking ``flock`` on ``.lock``: a second writer is
+refused with the first one's pid. The kernel drops the lock when its process dies, even by
+``kill -9``, so there are no stale locks to clean up. Locks are re-entrant within a process.
+(``flock`` exists on Linux and macOS; elsewhere runs are not locked.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from agents.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write_bytes,
+    list_checkpoints,
+    read_checkpoint,
+    remove_temporary_files,
+)
+from agents.logger import ProgressLogger
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
+log = logging.getLogger("agents")
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked (not a run, another run's files, ...)."""
+
+
+class RunDirLocked(RunDirError):
+    """Another process is writing this run directory."""
+
+
+def read_run_config(run_dir: str | Path) -> tuple[str | None, dict]:
+    """``(run_id, config dict)`` of a run directory.
+
+    Also reads the flat ``config.json`` of natgrad 0.1 (``run_id`` is then ``None``).
+
+    Raises:
+      RunDirError: no such directory, no or unreadable ``config.json``, or one that is not a
+        run configuration.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir}: not a run directory (no {CONFIG_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: not a run configuration (a JSON {type(data).__name__}, "
+                          "expected an object)")
+    run_id = data.get("run_id")
+    config = data.get("config", data) if "run_id" in data else data
+    if not isinstance(config, dict) or not isinstance(config.get("env_id"), str):
+        raise RunDirError(f"{path}: not a run configuration (no env_id)")
+    if run_id is not None and not isinstance(run_id, str):
+        raise RunDirError(f"{path}: run_id must be a string")
+    return run_id, config
+
+
+def write_run_config(run_dir: str | Path, run_id: str, config: dict) -> None:
+    """Writes ``config.json`` atomically."""
+    text = json.dumps({"run_id": run_id, "config": config}, indent=2) + "\n"
+    atomic_write_bytes(Path(run_dir) / CONFIG_FILE, text.encode())
+
+
+def describe_mismatch(meta: dict, run_id: str | None, config: dict) -> str | None:
+    """Why a checkpoint's ``meta`` does not belong to the run ``(run_id, config)``, or None."""
+    theirs = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    if meta.get("env_id") != config.get("env_id"):
+        return (f"it was written for env {meta.get('env_id')!r}, this run is "
+                f"{config.get('env_id')!r}")
+    differing = sorted(k for k in set(theirs) | set(config) if theirs.get(k) != config.get(k))
+    if differing:
+        return "it comes from a run with other settings: " + ", ".join(
+            f"{k} {theirs.get(k)!r} (this run: {config.get(k)!r})" for k in differing)
+    if run_id is not None and meta.get("run_id") != run_id:
+        return (f"it comes from another run of the same settings (run id "
+                f"{meta.get('run_id')!r}, this run's is {run_id!r})")
+    return None
+
+
+def select_checkpoint(run_dir: str | Path, run_id: str | None,
+                      config: dict) -> tuple[Checkpoint | None, list[str]]:
+    """The newest usable checkpoint of the run, and a note for each newer one skipped.
+
+    Truncated or corrupt files (a crash, a bad disk) are skipped with a note. A file that
+    decodes but belongs to another env or run, or that an older natgrad wrote, stops the
+    search with an error: resuming past it would later overwrite it.
+
+    Raises:
+      RunDirError: such a foreign or old file, naming it and the mismatch.
+    """
+    notes = []
+    for path in list_checkpoints(run_dir):
+        try:
+            checkpoint = read_checkpoint(path)
+        except CheckpointError as exc:
+            if "older version" in str(exc):
+                raise RunDirError(str(exc)) from None
+            notes.append(f"skipped {path}: {exc}")
+            continue
+        problem = describe_mismatch(checkpoint.meta, run_id, config)
+        if problem is not None:
+            raise RunDirError(f"{path} does not belong to this run: {problem}. Move it out of "
+                              f"{Path(run_dir) / 'checkpoints'} to use this run's own files")
+        return checkpoint, notes
+    return None, notes
+
+
+def claim_run_dir(run_dir: str | Path, run_id: str, config: dict, *,
+                  resumed_at: int | None = None, newest_at_resume: Path | None = None) -> None:
+    """Makes ``run_dir`` the run ``(run_id, config)``'s before training writes to it; call it
+    holding the :class:`RunLock`.
+
+    Writes ``config.json`` for a new run, or checks the existing one is this run's; removes
+    temporary files a crash left. For a run resumed at ``resumed_at`` env steps, also checks
+    that its newest checkpoint is still ``newest_at_resume`` (no one trained it meanwhile) and
+    drops the progress rows past ``resumed_at``.
+
+    Raises:
+      RunDirError: the directory holds another run, or moved on since it was loaded.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG_FILE).exists():
+        theirs_id, theirs = read_run_config(run_dir)
+        if theirs_id not in (None, run_id) or theirs != config:
+            raise RunDirError(f"{run_dir} holds another run (run id {theirs_id}); resume it "
+                              "with TRPO.resume, or train into a new directory")
+    else:
+        write_run_config(run_dir, run_id, config)
+    for path in remove_temporary_files(run_dir):
+        log.warning("removed %s, left by an interrupted checkpoint write", path)
+    if resumed_at is not None:
+        newest = (list_checkpoints(run_dir) or [None])[0]
+        if newest != newest_at_resume:
+            raise RunDirError(f"{run_dir} was written to after it was loaded (now at "
+                              f"{newest.name if newest else 'no checkpoint'}); resume it again")
+        ProgressLogger(run_dir).truncate_after(resumed_at)
+
+
+class RunLock:
+    """``with RunLock(run_dir):`` makes this process the run directory's one writer.
+
+    Raises:
+      RunDirLocked: on entry, when another process holds the lock (naming its pid).
+    """
+
+    _held: dict[str, list] = {}  # real path -> [fd, depth]: re-entrant within a process
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+
+    def __enter__(self) -> RunLock:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path)
+        if key in self._held:
+            self._held[key][1] += 1
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirLocked(
+                    f"{self.run_dir} is in use by another natgrad-trpo process (pid {holder}); "
+                    "wait for it to finish, or write to another directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._held[key] = [fd, 1]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        key = os.path.realpath(self.path)
+        entry = self._held[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._held[key]
+            os.close(entry[0])  # closing the descriptor releases the flock

@@ -1,0 +1,212 @@
+"""What a ``natgrad-trpo`` command runs on: a new run directory, a resumed run, or a run to
+evaluate, each checked (arguments, env id, configuration, the run's own files and lock) before
+TensorFlow is imported, so bad input fails in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from agents.overrides import parse_overrides
+from agents.run_dir import LOCK_FILE, RunDirError, RunLock, read_run_config, select_checkpoint
+
+DEFAULT_ENV_ID = "CartPole-v1"
+RUNS_DIR = Path("runs")
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported in one line, exit status 2."""
+
+
+class RunFailed(Exception):
+    """A failure while running (not the input's fault): one line, exit status 1."""
+
+
+def fresh_run_dir(env_id: str, seed: int, root: Path = RUNS_DIR) -> Path:
+    """``root/<env_id>-seed<seed>``, or the first ``…-2``, ``…-3``, … that does not exist."""
+    base = root / f"{env_id.replace('/', '_')}-seed{seed}"
+    candidate, index = base, 1
+    while candidate.exists():
+        index += 1
+        candidate = base.with_name(f"{base.name}-{index}")
+    return candidate
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its C++ start-up lines (absl, CUDA probing) kept off stderr.
+
+    ``TF_CPP_MIN_LOG_LEVEL`` defaults to 3 here; the lines TensorFlow writes before it reads
+    that variable are captured and shown only if the import fails.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception message squeezed onto one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def load_run(run_dir: Path):
+    """The agent of a run at its newest usable checkpoint, read only (``eval``).
+
+    Skipped (corrupt) checkpoints are reported; one from another env or run is refused.
+    """
+    run_id, config = _read_run(run_dir)
+    try:
+        checkpoint, notes = select_checkpoint(run_dir, run_id, config)
+    except RunDirError as exc:
+        raise UsageError(str(exc)) from None
+    for note in notes:
+        logging.getLogger("agents").warning("%s", note)
+    if checkpoint is None:
+        raise UsageError(f"{run_dir}: no usable checkpoint in {run_dir / 'checkpoints'}")
+    import_tensorflow_quietly()
+    from agents import TRPO
+
+    try:
+        return TRPO.load(checkpoint)
+    except ValueError as exc:
+        raise UsageError(f"{run_dir}: cannot load the run ({one_line(exc)})") from None
+
+
+def _read_run(run_dir: Path) -> tuple[str | None, dict]:
+    try:
+        return read_run_config(run_dir)
+    except RunDirError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def prepare_resume(args):
+    """The resumed agent and its step budget, after checking every argument against the run."""
+    run_dir = Path(args.resume)
+    config = _read_run(run_dir)[1]
+    run_env = config.get("env_id")
+    if args.env_id is not None and args.env_id != run_env:
+        raise UsageError(
+            f"ENV_ID {args.env_id!r} does not match the run being resumed ({run_env!r} in "
+            f"{run_dir})"
+        )
+    fixed = [flag for flag, value in (("--seed", args.seed), ("--n-envs", args.n_envs),
+                                      ("--preset", args.preset), ("--set", args.set),
+                                      ("--out", args.out)) if value]
+    if fixed:
+        raise UsageError(
+            f"{', '.join(fixed)} cannot be combined with --resume: the run keeps its own "
+            "configuration and directory"
+        )
+    budget = args.steps if args.steps is not None else int(config.get("total_steps", 0))
+    import_tensorflow_quietly()
+    from agents import TRPO
+
+    try:
+        agent = TRPO.resume(run_dir, trust_env_state=args.trust_env_state)
+    except ValueError as exc:
+        raise UsageError(f"{run_dir}: cannot resume ({one_line(exc)})") from None
+    if budget <= agent.num_timesteps:
+        raise UsageError(
+            f"{run_dir} has already done {agent.num_timesteps:,} steps >= the budget of "
+            f"{budget:,}; pass --steps N with N > {agent.num_timesteps} (a total, including the "
+            "steps already done)"
+        )
+    return agent, run_dir, budget
+
+
+def _new_run_config(args):
+    """``(env_id, overrides, config)`` of a new run, validated without TensorFlow."""
+    from agents.config import PRESET_NAMES, TRPOConfig, resolve_config
+    from agents.rollout import resolve_env
+
+    env_id = args.env_id or DEFAULT_ENV_ID
+    try:
+        overrides = parse_overrides(args.set, TRPOConfig)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for key, value in (("seed", args.seed), ("n_envs", args.n_envs),
+                       ("total_steps", args.steps)):
+        if value is not None:
+            overrides[key] = value
+    if args.preset is not None and args.preset not in PRESET_NAMES:
+        raise UsageError(f"unknown preset {args.preset!r}; known: {', '.join(PRESET_NAMES)}")
+    try:
+        resolve_env(env_id)
+        config = resolve_config(env_id, args.preset, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(one_line(exc)) from None
+    return env_id, overrides, config
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir} is a file, not a directory")
+    if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise UsageError(
+            f"--out {run_dir} already exists and is not empty; use --resume {run_dir} to "
+            "continue it, or another --out"
+        )
+
+
+def prepare_new_run(args, stack: contextlib.ExitStack):
+    """A new, validated agent and its locked run directory (removed again if setup fails)."""
+    env_id, overrides, config = _new_run_config(args)
+    if args.out is not None:
+        run_dir = Path(args.out)
+        _check_new_run_dir(run_dir)
+    else:
+        run_dir = fresh_run_dir(env_id, config.seed)
+    existed = run_dir.exists()
+    stack.enter_context(locked(run_dir))
+    try:
+        _check_new_run_dir(run_dir)  # again, now that no other process can write it
+        import_tensorflow_quietly()
+        from agents import TRPO
+
+        agent = TRPO(env_id, preset=args.preset, run_dir=run_dir, **overrides)
+    except BaseException as exc:
+        if not existed:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(exc, (ValueError, TypeError)) or _is_gym_error(exc):
+            raise UsageError(one_line(exc)) from None
+        raise
+    return agent, run_dir, config.total_steps
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path):
+    """``RunLock(run_dir)``, a refusal reported as a usage error."""
+    try:
+        lock = RunLock(run_dir).__enter__()
+    except RunDirError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        yield lock
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _is_gym_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of Gymnasium's errors (unknown env id, missing dependency…)."""
+    import gymnasium
+
+    return isinstance(exc, gymnasium.error.Error)

@@ -1,0 +1,76 @@
+"""The compiled TRPO update: the natural-gradient policy step and the value fit, one call.
+
+:func:`make_update_fn` returns a ``tf.function`` with a fixed input signature (traced once
+per agent) that, on one batch of ``N = n_envs × n_steps`` samples,
+
+1. takes the policy step with :meth:`natgrad.NaturalGradient.minimize` on the surrogate
+   ``L(θ) = −mean_n[π_θ(a_n|s_n) / π_old(a_n|s_n) · Â_n]``, its curvature the Fisher in
+   Gauss-Newton form on every ``fisher_subsample``-th state, its line search bounded by
+   ``KL(π_old‖π_θ) ≤ max_kl``;
+2. fits the value function: ``critic_epochs`` passes of Adam over minibatches of
+   ``mean (V(s) − R̂)²`` in the given order;
+3. returns the step's statistics, the final value loss and ``weights_finite``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from natgrad.structure import all_finite
+
+
+def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_shape: tuple,
+                   action_shape: tuple):
+    """``update(obs [N, *obs_shape], actions [N, *action_shape], advantages [N],
+    returns [N], critic_order [critic_epochs, N]) -> dict of scalars``. ``action_shape`` is
+    ``()`` for integer (categorical) actions."""
+    n = cfg.batch_size
+    action_spec = (tf.TensorSpec([n], tf.int32) if action_shape == ()
+                   else tf.TensorSpec([n, *action_shape], tf.float32))
+    batches_per_epoch = math.ceil(n / cfg.critic_batch_size)
+    value_vars = list(value.trainable_variables)
+
+    def policy_step(obs, actions, advantages):
+        old_outputs = tf.nest.map_structure(tf.stop_gradient, policy.outputs(obs))
+        log_prob_old = policy.log_prob(old_outputs, actions)
+
+        def surrogate_loss():
+            ratio = tf.exp(policy.log_prob(policy.outputs(obs), actions) - log_prob_old)
+            return -tf.reduce_mean(ratio * advantages)
+
+        def kl():
+            return policy.distribution.kl(old_outputs, policy.outputs(obs))
+
+        stats = policy_optimizer.minimize(
+            surrogate_loss, policy.trainable_variables, kl_fn=kl,
+            outputs_fn=lambda: policy.outputs(obs[:: cfg.fisher_subsample]),
+            output_distribution=policy.distribution)
+        stats["entropy"] = tf.reduce_mean(policy.entropy(old_outputs))
+        return stats
+
+    def value_loss(obs, returns):
+        return tf.reduce_mean(tf.square(value(obs) - returns))
+
+    def fit_value(obs, returns, critic_order):
+        for epoch in tf.range(cfg.critic_epochs):
+            for b in tf.range(batches_per_epoch):
+                idx = critic_order[epoch, b * cfg.critic_batch_size:
+                                   (b + 1) * cfg.critic_batch_size]
+                with tf.GradientTape() as tape:
+                    loss = value_loss(tf.gather(obs, idx), tf.gather(returns, idx))
+                grads = tape.gradient(loss, value_vars)
+                value_optimizer.apply_gradients(zip(grads, value_vars, strict=True))
+        return value_loss(obs, returns)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([n, *obs_shape], tf.float32), action_spec, tf.TensorSpec([n], tf.float32),
+        tf.TensorSpec([n], tf.float32), tf.TensorSpec([cfg.critic_epochs, n], tf.int32)])
+    def update(obs, actions, advantages, returns, critic_order):
+        stats = policy_step(obs, actions, advantages)
+        stats["value_loss"] = fit_value(obs, returns, critic_order)
+        stats["weights_finite"] = all_finite(policy.trainable_variables, value_vars)
+        return stats
+
+    return update
