@@ -67,7 +67,7 @@ def train_and_evaluate(env_id: str, seed: int, steps: int | None, run_dir: str,
                        eval_episodes: int | None) -> dict:
     """Trains one seed into ``run_dir``, evaluates it deterministically; returns the record."""
     from agents import TRPO
-    from agents.cli import evaluate_and_record
+    from agents.evaluation import evaluation_record, write_evaluation
 
     overrides = {"seed": seed} if steps is None else {"seed": seed, "total_steps": steps}
     agent = TRPO(env_id, run_dir=run_dir, **overrides)
@@ -75,7 +75,8 @@ def train_and_evaluate(env_id: str, seed: int, steps: int | None, run_dir: str,
     agent.learn(steps)
     wall_time = time.perf_counter() - started
     episodes = eval_episodes or agent.config.eval_episodes
-    record = evaluate_and_record(agent, Path(run_dir), episodes, None, wall_time)
+    record = evaluation_record(agent, Path(run_dir), episodes, None, wall_time)
+    write_evaluation(Path(run_dir), record)
     record["train_seconds"] = wall_time
     record["run_dir"] = run_dir
     return record

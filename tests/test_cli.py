@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from agents import cli
+from agents.run_setup import fresh_run_dir
 
 STEPS = 2048
 EVAL_KEYS = {"mean_return", "std_return", "episodes", "env_id", "steps", "seed", "wall_time"}
@@ -55,13 +56,13 @@ def trained_run(tmp_path_factory):
 
 
 def test_fresh_run_dir_never_reuses_a_directory(tmp_path):
-    first = cli.fresh_run_dir("CartPole-v1", 0, root=tmp_path)
+    first = fresh_run_dir("CartPole-v1", 0, root=tmp_path)
     assert first == tmp_path / "CartPole-v1-seed0"
     first.mkdir()
-    second = cli.fresh_run_dir("CartPole-v1", 0, root=tmp_path)
+    second = fresh_run_dir("CartPole-v1", 0, root=tmp_path)
     assert second == tmp_path / "CartPole-v1-seed0-2"
     second.mkdir()
-    assert cli.fresh_run_dir("CartPole-v1", 0, root=tmp_path).name == "CartPole-v1-seed0-3"
+    assert fresh_run_dir("CartPole-v1", 0, root=tmp_path).name == "CartPole-v1-seed0-3"
 
 
 # --- bad input: status 2, one line, nothing trained ---------------------------------------------
@@ -96,8 +97,8 @@ def test_eval_and_plot_of_a_missing_run_exit_2(tmp_path):
     assert_usage_error(run_main(["plot", tmp_path / "nothing"]), "progress.csv")
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "config.json").write_text(json.dumps({"env_id": "CartPole-v1"}))
-    assert_usage_error(run_main(["eval", tmp_path / "bare"]), "no checkpoint")
-    assert_usage_error(run_main(["train", "--resume", tmp_path / "bare"]), "no checkpoint")
+    assert_usage_error(run_main(["eval", tmp_path / "bare"]), "no usable checkpoint")
+    assert_usage_error(run_main(["train", "--resume", tmp_path / "bare"]), "older version")
 
 
 def test_help_and_module_entry_point():
@@ -137,40 +138,19 @@ def test_eval_prints_and_writes_results(trained_run):
 
 @pytest.mark.skipif(importlib.util.find_spec("moviepy") is not None, reason="moviepy installed")
 def test_eval_video_without_moviepy_says_how_to_install(trained_run):
-    assert_usage_error(run_main(["eval", trained_run[0], "--video"]), "pip install moviepy")
+    assert_usage_error(run_main(["eval", trained_run[0], "--video"]), "natgrad[video]")
 
 
-def test_eval_video_records_deterministic_episodes(trained_run, monkeypatch):
-    """The recording loop, with RecordVideo replaced by a wrapper that needs no encoder."""
-    import gymnasium
-
-    class FrameCounter(gymnasium.Wrapper):
-        def __init__(self, env, video_folder, *, name_prefix, **_):
-            super().__init__(env)
-            self.folder, self.prefix, self.episode, self.frames = video_folder, name_prefix, -1, 0
-
-        def reset(self, **kwargs):
-            self.episode, self.frames = self.episode + 1, 0
-            return super().reset(**kwargs)
-
-        def step(self, action):
-            result = super().step(action)
-            self.frames += int(self.env.render().ndim == 3)
-            if result[2] or result[3]:
-                path = pathlib.Path(self.folder) / f"{self.prefix}-episode-{self.episode}.mp4"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(str(self.frames))
-            return result
-
-    monkeypatch.setattr(cli, "has_video_encoder", lambda: True)
-    monkeypatch.setattr(gymnasium.wrappers, "RecordVideo", FrameCounter)
+@pytest.mark.skipif(importlib.util.find_spec("moviepy") is None,
+                    reason="needs the video extra: pip install -e '.[video]'")
+def test_eval_video_encodes_a_real_mp4(trained_run):
     run_dir, _ = trained_run
-    status, out, err = run_main(["eval", run_dir, "--episodes", 1, "--video",
-                                 "--video-episodes", 2])
+    status, out, err = run_main(["eval", run_dir, "--episodes", 1, "--video"])
     assert status == 0, err
     videos = sorted((run_dir / "videos").glob("*.mp4"))
-    assert len(videos) == 2 and all(int(v.read_text()) > 0 for v in videos)
-    assert str(videos[0]) in out
+    assert len(videos) == 1 and str(videos[0]) in out
+    data = videos[0].read_bytes()
+    assert len(data) > 1000 and data[4:8] == b"ftyp"  # an ISO media (mp4) file
 
 
 def test_plot_several_runs(trained_run, tmp_path):
@@ -201,3 +181,209 @@ def test_resume_continues_the_run(trained_run):
     assert len(rows_after) > len(rows_before)
     assert json.loads((run_dir / "eval.json").read_text())["steps"] >= 2 * STEPS
     assert "resuming" in out
+
+
+# --- a run directory shared, interrupted, or filled with someone else's files -----------------
+
+SMALL = ["--set", "n_envs=2", "--set", "n_steps=64", "--set", "critic_epochs=2",
+         "--set", "policy_hidden=16", "--set", "value_hidden=16", "--set", "checkpoint_every=2",
+         "--set", "eval_episodes=1"]
+
+
+def _snapshot(run_dir: pathlib.Path) -> dict:
+    """Every file under ``run_dir`` (except the lock) with its bytes."""
+    return {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory):
+    """Three 512-step runs: CartPole seed 0, CartPole seed 1, Pendulum; and one more
+    CartPole seed 0 (same settings as the first, another run)."""
+    root = tmp_path_factory.mktemp("small")
+    runs = {}
+    for name, argv in [("cartpole", ["CartPole-v1"]), ("seed1", ["CartPole-v1", "--seed", 1]),
+                       ("pendulum", ["Pendulum-v1"]), ("twin", ["CartPole-v1"])]:
+        runs[name] = root / name
+        status, _, err = run_main(["train", *argv, "--steps", 512, *SMALL, "--out", runs[name]])
+        assert status == 0, err
+    return runs
+
+
+def _copy_run(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+@pytest.mark.parametrize("intruder, fragments", [
+    ("pendulum", ["written for env 'Pendulum-v1'", "'CartPole-v1'"]),
+    ("seed1", ["other settings", "seed 1 (this run: 0)"]),
+    ("twin", ["another run of the same settings"]),
+])
+def test_a_checkpoint_from_another_run_is_refused_and_nothing_changes(small_runs, tmp_path,
+                                                                      intruder, fragments):
+    run_dir = _copy_run(small_runs["cartpole"], tmp_path / "run")
+    foreign = sorted((small_runs[intruder] / "checkpoints").glob("*.ckpt"))[-1]
+    (run_dir / "checkpoints" / "update_000009.ckpt").write_bytes(foreign.read_bytes())
+    before = _snapshot(run_dir)
+    assert_usage_error(run_main(["eval", run_dir]), "update_000009.ckpt", *fragments)
+    assert_usage_error(run_main(["train", "--resume", run_dir, "--steps", 2048]),
+                       "update_000009.ckpt", *fragments)
+    assert _snapshot(run_dir) == before
+
+
+def test_a_network_shape_mismatch_is_named(small_runs, tmp_path):
+    run_dir = tmp_path / "wide"
+    status, _, err = run_main(["train", "--steps", 256, *SMALL, "--set", "policy_hidden=32",
+                               "--out", run_dir])
+    assert status == 0, err
+    foreign = sorted((small_runs["cartpole"] / "checkpoints").glob("*.ckpt"))[-1]
+    (run_dir / "checkpoints" / "update_000009.ckpt").write_bytes(foreign.read_bytes())
+    assert_usage_error(run_main(["eval", run_dir]), "policy_hidden [16] (this run: [32])")
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint_and_says_so(small_runs, tmp_path):
+    run_dir = _copy_run(small_runs["cartpole"], tmp_path / "run")
+    newest = sorted((run_dir / "checkpoints").glob("*.ckpt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    (run_dir / "checkpoints" / ".update_000006.ckpt.x1.tmp").write_bytes(b"half")
+    with (run_dir / "progress.csv").open("a") as f:
+        f.write("4")  # a row torn by a crash
+    status, out, err = run_main(["train", "--resume", run_dir, "--steps", 768])
+    assert status == 0, err
+    assert f"skipped {newest}" in err and "truncated or corrupt" in err
+    assert "removed" in err and not list((run_dir / "checkpoints").glob(".*.tmp"))
+    lines = (run_dir / "progress.csv").read_text().splitlines()
+    assert all(line.count(",") == lines[0].count(",") for line in lines)
+    assert [int(line.split(",")[0]) for line in lines[1:]] == [128, 256, 384, 512, 640, 768]
+    assert "resuming" in out
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path):
+    run_dir = tmp_path / "busy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from agents.run_dir import RunLock\n"
+         f"with RunLock({str(run_dir)!r}):\n    print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert_usage_error(run_main(["train", "--steps", 256, *SMALL, "--out", run_dir]),
+                           "in use by another natgrad-trpo process", f"pid {holder.pid}")
+        assert_usage_error(run_main(["train", "--resume", run_dir]),
+                           "in use by another natgrad-trpo process")
+        assert [p.name for p in run_dir.iterdir()] == [".lock"]
+    finally:
+        holder.communicate("", timeout=30)
+    # The lock went with its process: the directory is free again.
+    status, _, err = run_main(["train", "--steps", 256, *SMALL, "--out", run_dir])
+    assert status == 0, err
+
+
+def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
+    """A real SIGINT once the first checkpoint exists (an event, not a time)."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "agents", "train", "--steps", "10_000_000",
+                             *map(str, SMALL), "--set", "checkpoint_every=1000",
+                             "--out", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "progress.csv").exists():  # the first update is done
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    checkpoints = sorted((run_dir / "checkpoints").glob("update_*.ckpt"))
+    assert len(checkpoints) == 1 and str(checkpoints[0]) in err and "--resume" in err
+    status, out, err = run_main(["train", "--resume", run_dir, "--steps", 1024])
+    assert status == 0, err
+
+
+def test_a_run_stopped_before_its_first_checkpoint_restarts_in_place(tmp_path):
+    from agents.config import resolve_config
+    from agents.run_dir import write_run_config
+
+    run_dir = tmp_path / "early"
+    config = resolve_config("CartPole-v1", n_envs=2, n_steps=64, critic_epochs=2,
+                            policy_hidden=(16,), value_hidden=(16,), eval_episodes=1)
+    write_run_config(run_dir, "0123456789abcdef0123456789abcdef", config.to_dict())
+    (run_dir / "progress.csv").write_text("env_steps,wall_time\n128,0.5\n")
+    status, out, err = run_main(["train", "--resume", run_dir, "--steps", 256])
+    assert status == 0, err
+    assert "no checkpoint yet: the run restarts from its start" in err
+    assert (run_dir / "checkpoints" / "update_000002.ckpt").is_file()
+
+
+def test_malformed_run_directories_get_one_line(tmp_path):
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "config.json").write_text("[1, 2]")
+    assert_usage_error(run_main(["eval", tmp_path / "list"]), "not a run configuration",
+                       "JSON list")
+    assert_usage_error(run_main(["train", "--resume", tmp_path / "list"]),
+                       "not a run configuration")
+    (tmp_path / "afile").write_text("x")
+    assert_usage_error(run_main(["train", "--out", tmp_path / "afile"]), "is a file")
+
+
+def test_os_errors_are_one_line_naming_the_path(small_runs, tmp_path, monkeypatch):
+    import errno
+
+    from agents import checkpoint
+
+    run_dir = _copy_run(small_runs["cartpole"], tmp_path / "run")
+    real_write = checkpoint.atomic_write_bytes
+
+    def read_only(path, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", read_only)
+    import agents.evaluation
+
+    monkeypatch.setattr(agents.evaluation, "atomic_write_bytes", read_only)
+    status, out, err = run_main(["eval", run_dir, "--episodes", 1])
+    assert status == 1 and "mean return" in out  # the result is shown all the same
+    assert err.strip() == (f"natgrad-trpo eval: error: cannot write {run_dir / 'eval.json'}: "
+                           "Read-only file system")
+
+    def disk_full(path, data):
+        if str(path).endswith(".ckpt"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", disk_full)
+    import agents.trpo
+
+    monkeypatch.setattr(agents.trpo, "write_checkpoint",
+                        lambda path, meta, arrays: disk_full(path, b""))
+    status, out, err = run_main(["train", "--steps", 256, *SMALL, "--out", tmp_path / "full"])
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+    assert status == 1 and len(lines) == 1, err
+    assert "cannot write" in lines[0] and "No space left on device" in lines[0]
+
+
+def test_help_and_bad_input_do_not_import_tensorflow_and_print_no_log_noise(tmp_path):
+    probe = ("import sys; from agents import cli\n"
+             "for argv in (['--help'], ['train', '--help'], ['train', '--set', 'bogus=1'],"
+             " ['train', 'NoSuchEnv-v0'], ['eval', 'nowhere']):\n"
+             "    try: cli.main(argv)\n"
+             "    except SystemExit: pass\n"
+             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TF_CPP")}
+    train = subprocess.run([sys.executable, "-m", "agents", "train", "--steps", "256", *SMALL,
+                            "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert train.returncode == 0, train.stderr
+    noise = [line for line in train.stderr.splitlines()
+             if "absl" in line or line[:1] in "IWEF" and line[1:5].isdigit()]
+    assert noise == [], noise

@@ -142,7 +142,7 @@ def test_short_cartpole_run_learns_and_writes_its_run_dir(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert (tmp_path / "checkpoints" / "update_000020.ckpt").exists()
     result = agent.evaluate(episodes=2)
-    assert set(result) == {"mean_return", "std_return", "episodes", "returns"}
+    assert set(result) == {"mean_return", "std_return", "episodes", "returns", "cut_episodes"}
     assert result["episodes"] == 2 and len(result["returns"]) == 2
     batch = agent.predict(np.zeros((5, 4), np.float32))
     assert batch.shape == (5,) and np.asarray(agent.predict(np.zeros(4))).shape == ()
@@ -162,3 +162,124 @@ def test_same_seed_gives_an_identical_run():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     other = TRPO("CartPole-v1", seed=4, normalize_obs=True, **SMALL).learn(384)
     assert _without_timing(other.history) != _without_timing(runs[0].history)
+
+
+# Environments and settings that used to fail silently -----------------------------------------
+
+
+class ScriptedEnv(gym.Env):
+    """3-D observations, two actions (``Discrete(2, start=action_start)``), reward 1 for the
+    higher action. ``fault`` makes env step ``fault_at`` (counted per env instance) emit a NaN
+    observation (``"nan_obs"``), an infinite reward (``"inf_reward"``), or rewards of 1e30
+    from then on (``"huge_reward"``). Episodes last ``episode_length`` steps (``None``: never
+    end). Any action outside the space raises."""
+
+    def __init__(self, fault=None, fault_at=10**9, action_start=0, episode_length=20):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+        self.action_space = gym.spaces.Discrete(2, start=action_start)
+        self.fault, self.fault_at, self.episode_length = fault, fault_at, episode_length
+        self.steps = self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.normal(size=3).astype(np.float32), {}
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"invalid action {action!r} for {self.action_space}")
+        self.t += 1
+        self.steps += 1
+        obs = self.np_random.normal(size=3).astype(np.float32)
+        reward = float(action == self.action_space.start + 1)
+        if self.steps >= self.fault_at:
+            if self.fault == "nan_obs" and self.steps == self.fault_at:
+                obs[1] = np.nan
+            elif self.fault == "inf_reward" and self.steps == self.fault_at:
+                reward = np.inf
+            elif self.fault == "huge_reward":
+                reward = 1e30
+        ended = self.episode_length is not None and self.t >= self.episode_length
+        return obs, reward, ended, False, {}
+
+
+def scripted(**kwargs):
+    def make_scripted_env():
+        return ScriptedEnv(**kwargs)
+
+    return make_scripted_env
+
+
+@pytest.mark.parametrize("fault, quantity", [("nan_obs", "the observation"),
+                                             ("inf_reward", "the reward"),
+                                             ("huge_reward", "value loss")])
+def test_non_finite_training_stops_at_the_last_good_checkpoint(tmp_path, fault, quantity):
+    from agents.checkpoint import latest_checkpoint, read_checkpoint
+    from agents.rollout import NonFiniteError
+
+    agent = TRPO(scripted(fault=fault, fault_at=150), run_dir=tmp_path, checkpoint_every=100,
+                 **SMALL)  # per env 64 steps an update: the fault comes in update 3
+    with pytest.raises(NonFiniteError, match=quantity) as caught:
+        agent.learn(10 * 128)
+    assert "update 3 (env steps 257-384)" in str(caught.value)
+    assert agent.num_timesteps == 256 and agent.updates == 2
+    saved = read_checkpoint(latest_checkpoint(tmp_path))
+    assert saved.path.name == "update_000002.ckpt"
+    for variable in (*agent.policy.trainable_variables, *agent.value.trainable_variables):
+        assert np.all(np.isfinite(variable.numpy()))
+    assert all(np.all(np.isfinite(a)) for a in saved.arrays.values() if a.dtype.kind == "f")
+    with open(tmp_path / "progress.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+
+
+def test_non_finite_batches_can_be_skipped_and_counted(tmp_path):
+    agent = TRPO(scripted(fault="nan_obs", fault_at=150), run_dir=tmp_path,
+                 on_non_finite="skip", **SMALL).learn(5 * 128)
+    with open(tmp_path / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["skipped_batches"]) for r in rows] == [0, 0, 1, 1, 1]
+    assert rows[2]["accepted"] == "0" and rows[3]["accepted"] == "1"
+    for variable in (*agent.policy.trainable_variables, *agent.value.trainable_variables):
+        assert np.all(np.isfinite(variable.numpy()))
+
+
+def test_discrete_action_space_with_a_start_offset():
+    agent = TRPO(scripted(action_start=1), **SMALL).learn(8 * 128)  # the env raises on 0
+    actions = agent.predict(np.zeros((16, 3), np.float32), deterministic=False)
+    assert set(np.unique(actions)) <= {1, 2}
+    assert agent.evaluate(2)["mean_return"] == 20.0  # always the rewarded action 2
+
+
+def test_evaluate_caps_episodes_that_never_end():
+    agent = TRPO(scripted(episode_length=None), eval_max_episode_steps=50, **SMALL)
+    result = agent.evaluate(3)
+    assert result["cut_episodes"] == 3 and len(result["returns"]) == 3
+    assert agent.evaluate(1, max_episode_steps=7)["returns"][0] <= 7
+
+
+def test_predict_checks_the_observation_shape():
+    agent = TRPO("CartPole-v1", **SMALL)
+    for bad in (np.zeros(3), np.zeros((2, 5)), np.zeros((2, 2, 4))):
+        with pytest.raises(ValueError, match=r"shape \(4,\) or a batch \(B, 4\)"):
+            agent.predict(bad)
+
+
+def test_settings_that_make_every_update_a_no_op_are_refused():
+    with pytest.raises(ValueError, match="fisher_subsample=2000 leaves 1 of the batch's 128"):
+        TRPO("CartPole-v1", fisher_subsample=2000, **SMALL)
+    with pytest.raises(ValueError, match="fisher_subsample"):
+        resolve_config("CartPole-v1", n_envs=2, n_steps=64, fisher_subsample=5)
+    assert resolve_config("CartPole-v1", n_envs=2, n_steps=64, fisher_subsample=4)
+
+
+def test_a_custom_env_given_as_module_colon_id(tmp_path, monkeypatch):
+    (tmp_path / "my_envs.py").write_text(
+        "import gymnasium\n"
+        "gymnasium.register('MyCartPole-v0', entry_point="
+        "'gymnasium.envs.classic_control:CartPoleEnv', max_episode_steps=50)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    agent = TRPO("my_envs:MyCartPole-v0", **SMALL).learn(128)
+    assert agent.config.env_id == "my_envs:MyCartPole-v0"
+    assert max(agent.evaluate(2)["returns"]) <= 50
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module'"):
+        TRPO("no_such_module:Env-v0")
