@@ -69,6 +69,7 @@ def conjugate_gradient(
     damping: float = 0.0,
     x0=None,
     preconditioner: Callable | None = None,
+    unroll: bool = False,
 ) -> CGResult:
     """Solves ``(A + damping·I) x = b`` by (preconditioned) conjugate gradient.
 
@@ -81,6 +82,10 @@ def conjugate_gradient(
       damping: ``λ ≥ 0`` added to the diagonal (Tikhonov / Levenberg-Marquardt damping).
       x0: starting point, structured like ``b`` (default zeros).
       preconditioner: ``r -> M⁻¹ r`` for an SPD ``M ≈ A + λI`` (default identity).
+      unroll: run the iterations as ``max_iters`` Python-unrolled steps instead of one
+        ``tf.while_loop``; once stopped, the remaining steps still call ``matvec`` but change
+        nothing. For a ``matvec`` that all-reduces across ``tf.distribute`` replicas on CPU,
+        where a collective may not sit inside graph control flow. Same result.
 
     Returns:
       A :class:`CGResult`.
@@ -179,11 +184,16 @@ def conjugate_gradient(
             step_status,
         )
 
-    i, _, x, r, _, _, r_norm, status = tf.while_loop(
-        cond,
-        body,
-        (tf.constant(0), done, x, r, p, rz, r_norm, status),
-        maximum_iterations=max_iters,
-    )
+    state = (tf.constant(0), done, x, r, p, rz, r_norm, status)
+    if unroll:
+        if not isinstance(max_iters, int):
+            raise ValueError("unroll=True needs max_iters as a Python int")
+        for _ in range(max_iters):
+            state = tf.nest.map_structure(
+                lambda old, new, stopped=state[1]: tf.where(stopped, old, new),
+                state, body(*state))
+    else:
+        state = tf.while_loop(cond, body, state, maximum_iterations=max_iters)
+    i, _, x, r, _, _, r_norm, status = state
     x_dot_ax = dot(x, _axpy(-1.0, r, b))
     return CGResult(x=x, iterations=i, residual_norm=r_norm, status=status, x_dot_ax=x_dot_ax)

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from natgrad.conjugate_gradient import NON_FINITE, conjugate_gradient
 from natgrad.curvature import check_method, hessian_vector_product, linearize_gauss_newton
+from natgrad.distribute import ReplicaMean, check_strategy, replica_context
 from natgrad.distributions import OutputDistribution
 from natgrad.structure import all_finite, as_tf_variables, check_variables, dot, zeros_if_none
 from natgrad.trust_region import (
@@ -275,6 +276,7 @@ class NaturalGradient(keras.optimizers.Optimizer):
         outputs_fn: Callable[[], object] | None = None,
         output_distribution: OutputDistribution | None = None,
         curvature_vector_product: Callable | None = None,
+        replica_weight=None,
     ) -> dict[str, tf.Tensor]:
         """Takes one natural-gradient step on ``loss_fn`` and returns its statistics.
 
@@ -288,6 +290,9 @@ class NaturalGradient(keras.optimizers.Optimizer):
             distribution they parameterize (e.g. ``natgrad.distributions.CATEGORICAL``). Give
             the fast Gauss-Newton form of the Fisher and, if ``kl_fn`` is omitted, the KL.
           curvature_vector_product: optional ``v -> C v`` overriding the above.
+          replica_weight: under ``tf.distribute``, this replica's share of the global batch
+            (its local batch size) for the replica averages; ``None`` weighs replicas
+            equally, exact for equal shards. See :mod:`natgrad.distribute`.
 
         Returns:
           dict of scalar tensors: ``loss_before``, ``loss_after``, ``kl`` (NaN when no KL is
@@ -296,8 +301,16 @@ class NaturalGradient(keras.optimizers.Optimizer):
           ``cg_status`` (index into ``natgrad.STATUS_NAMES``), ``damping`` (used for this
           step), ``reduction_ratio`` (actual / predicted loss change).
 
-        Works eagerly and inside ``tf.function``.
+        Works eagerly and inside ``tf.function``, and per replica under ``MirroredStrategy``
+        or ``MultiWorkerMirroredStrategy`` (``strategy.run``), where each closure sees the
+        replica's shard and the step equals the single-device step on the whole batch.
+
+        Raises:
+          ValueError: an unsupported ``tf.distribute`` strategy, a non-scalar loss, a
+            ``max_kl`` without a way to measure the KL, or no source of curvature.
         """
+        check_strategy()
+        mean = ReplicaMean(replica_context(), replica_weight)
         variables = check_variables(var_list)
         can_measure_kl = kl_fn is not None or (
             outputs_fn is not None and output_distribution is not None
@@ -308,6 +321,10 @@ class NaturalGradient(keras.optimizers.Optimizer):
                 "outputs_fn and output_distribution"
             )
         if not self.built:
+            if mean.active:
+                raise ValueError(
+                    "under a tf.distribute strategy, build the optimizer before the step, in "
+                    "the strategy's scope: optimizer.build(model.trainable_variables)")
             self.build(variables)
         if curvature_vector_product is not None:
             matvec, linearized_outputs = curvature_vector_product, None
@@ -330,6 +347,11 @@ class NaturalGradient(keras.optimizers.Optimizer):
             def kl_fn():
                 return output_distribution.kl(old_outputs, outputs_fn())
 
+        if mean.active:  # every data-derived quantity averaged over the replicas
+            local_matvec = matvec
+
+            def matvec(v):
+                return mean(local_matvec(v))
 
         with tf.GradientTape() as tape:
             loss_before = tf.convert_to_tensor(loss_fn())
@@ -337,6 +359,7 @@ class NaturalGradient(keras.optimizers.Optimizer):
             raise ValueError(f"loss_fn must return a scalar; got shape {loss_before.shape}")
         grads = tape.gradient(loss_before, variables)
         grads = [tf.convert_to_tensor(g) for g in zeros_if_none(grads, variables)]
+        loss_before, grads = mean((loss_before, grads))
         dtype = loss_before.dtype
         finite_gradient = all_finite(loss_before, grads)
         # Zeros instead of NaN keep CG quiet; the step is rejected below anyway.
@@ -344,7 +367,8 @@ class NaturalGradient(keras.optimizers.Optimizer):
 
         damping = tf.cast(self._damping, dtype)
         solve = conjugate_gradient(
-            matvec, grads, max_iters=self.cg_iters, tol=self.cg_tol, damping=damping
+            matvec, grads, max_iters=self.cg_iters, tol=self.cg_tol, damping=damping,
+            unroll=mean.active,
         )
         direction = solve.x
         learning_rate = tf.cast(self.learning_rate, dtype)
@@ -359,7 +383,7 @@ class NaturalGradient(keras.optimizers.Optimizer):
         def evaluate():
             loss = loss_fn()
             kl = kl_fn() if kl_fn is not None else tf.constant(float("nan"), dtype)
-            return loss, kl
+            return mean((loss, tf.cast(kl, loss.dtype)))
 
         search = backtracking_line_search(
             as_tf_variables(variables),
@@ -370,6 +394,7 @@ class NaturalGradient(keras.optimizers.Optimizer):
             shrink=self.line_search_shrink,
             max_tries=self.line_search_max_tries,
             enabled=valid,
+            unroll=mean.active,
         )
 
         # Quadratic model q(Δ) = gᵀΔ + ½ΔᵀCΔ at the taken step Δ = −f·scale·s, where

@@ -56,6 +56,7 @@ def backtracking_line_search(
     shrink: float = 0.8,
     max_tries: int = 10,
     enabled=True,
+    unroll: bool = False,
 ) -> LineSearchResult:
     """Tries ``θ₀ − shrinkᵏ·step`` for ``k < max_tries``; restores ``θ₀`` exactly if none passes.
 
@@ -63,6 +64,11 @@ def backtracking_line_search(
     (if ``max_kl`` is given) ``kl ≤ max_kl``. ``max_tries == 0`` applies the full step and
     accepts it if the loss is finite (no improvement or KL test). ``enabled`` (a bool tensor)
     false skips the search and leaves the variables untouched.
+
+    ``unroll=True`` evaluates the trial points as ``max_tries`` Python-unrolled steps with no
+    graph control flow (after acceptance the rest re-evaluate the accepted point and change
+    nothing), for an ``evaluate`` that all-reduces across ``tf.distribute`` replicas: the same
+    result, at the price of always ``max_tries`` evaluations.
     """
     theta0 = [tf.identity(v) for v in variables]
     dtype = loss_before.dtype
@@ -90,9 +96,12 @@ def backtracking_line_search(
         return k + 1, accepted, fraction, loss, kl
 
     nan = tf.constant(float("nan"), dtype)
-    tries, accepted, fraction, loss, kl = tf.while_loop(
-        cond, body, (tf.constant(0), tf.constant(False), tf.zeros([], dtype), loss_before, nan)
-    )
+    state = (tf.constant(0), tf.constant(False), tf.zeros([], dtype), loss_before, nan)
+    if unroll:
+        tries, accepted, fraction, loss, kl = _unrolled_loop(variables, body, state, enabled,
+                                                             tries_cap)
+    else:
+        tries, accepted, fraction, loss, kl = tf.while_loop(cond, body, state)
 
     def restore():
         for v, v0 in zip(variables, theta0, strict=True):
@@ -103,7 +112,11 @@ def backtracking_line_search(
         return tf.constant(0)
 
     # Variables change only inside the loop, so restoring matters only if it ran.
-    tf.cond(accepted | (tries == 0), keep, restore)
+    if unroll:  # no tf.cond: keep the graph free of control flow
+        for v, v0 in zip(variables, theta0, strict=True):
+            v.assign(tf.where(accepted | (tries == 0), v, v0))
+    else:
+        tf.cond(accepted | (tries == 0), keep, restore)
     return LineSearchResult(
         accepted=accepted,
         tries=tries,
@@ -111,6 +124,21 @@ def backtracking_line_search(
         loss=tf.where(accepted, loss, loss_before),
         kl=tf.where(accepted, kl, tf.zeros_like(kl)),
     )
+
+
+def _unrolled_loop(variables, body, state, enabled, tries_cap) -> tuple:
+    """The line search's loop as straight-line code: ``body`` (which assigns the trial point
+    and evaluates it) runs ``tries_cap`` times; a step after acceptance, or with ``enabled``
+    false, puts the variables back and leaves the state as it was."""
+    enabled = tf.convert_to_tensor(enabled)
+    for _ in range(tries_cap):
+        active = enabled & ~state[1]
+        current = [tf.identity(v) for v in variables]
+        new = body(*state)
+        for v, kept in zip(variables, current, strict=True):
+            v.assign(tf.where(active, v, kept))
+        state = tuple(tf.where(active, b, a) for a, b in zip(state, new, strict=True))
+    return state
 
 
 def levenberg_marquardt_damping(

@@ -1,0 +1,51 @@
+"""The toy problem every distributed check shares: data, a float64 classifier, its step.
+
+Imported by the scripts here (each run in a fresh process, since a ``tf.distribute`` setup
+must come before TensorFlow starts) and by ``tests/test_distribute.py`` for the single-device
+reference.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import natgrad
+
+N, DIM, CLASSES = 64, 4, 3
+
+
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(N, DIM)), rng.integers(0, CLASSES, size=N).astype("int32")
+
+
+def model_and_optimizer():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((DIM,), dtype="float64"),
+                              keras.layers.Dense(8, activation="tanh", dtype="float64"),
+                              keras.layers.Dense(CLASSES, dtype="float64")])
+    return model, natgrad.NaturalGradient(max_kl=0.01, damping=1e-3, cg_iters=10)
+
+
+def step_fn(model, optimizer):
+    """``step(x, y)``: one ``minimize`` call on the batch (or the replica's shard of it)."""
+
+    def step(x, y):
+        def loss_fn():
+            return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                y, model(x), from_logits=True))
+
+        return optimizer.minimize(loss_fn, model.trainable_variables,
+                                  outputs_fn=lambda: model(x),
+                                  output_distribution=natgrad.distributions.CATEGORICAL)
+
+    return step
+
+
+def single_device_run(steps: int) -> tuple[list, list]:
+    """Weights and losses after ``steps`` steps on the whole batch, one device."""
+    model, optimizer = model_and_optimizer()
+    step = tf.function(step_fn(model, optimizer))
+    x, y = data()
+    losses = [float(step(tf.constant(x), tf.constant(y))["loss_before"]) for _ in range(steps)]
+    return [np.asarray(w) for w in model.trainable_variables], losses

@@ -1,0 +1,112 @@
+"""NaturalGradient under tf.distribute: the distributed step equals the single-device step.
+
+Each distributed run happens in fresh processes (``tests/distributed/*.py``): a strategy's
+devices and collectives must be set up before TensorFlow starts, which this process did long
+ago. The single-device reference runs here, on the same toy problem (``distributed/toy.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import natgrad
+from natgrad.distribute import check_strategy
+
+SCRIPTS = Path(__file__).parent / "distributed"
+sys.path.insert(0, str(SCRIPTS))
+
+import toy  # noqa: E402
+
+STEPS = 2
+
+
+def _json_line(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _relative_error(a, b) -> float:
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def single_device():
+    return toy.single_device_run(STEPS)
+
+
+def test_mirrored_step_equals_the_single_device_step(single_device):
+    done = subprocess.run([sys.executable, str(SCRIPTS / "mirrored_minimize.py"), str(STEPS)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = _json_line(done.stdout)
+    weights, losses = single_device
+    for copies, reference in zip(result["copies"], weights, strict=True):
+        first, second = (np.asarray(c) for c in copies)
+        np.testing.assert_array_equal(first, second)  # the replicas stay identical
+        assert _relative_error(first, reference) <= 1e-5
+    for replica_losses, loss in zip(result["losses"], losses, strict=True):
+        assert replica_losses == pytest.approx([loss, loss], rel=1e-12)
+
+
+def test_two_workers_hold_what_one_process_reaches_on_the_whole_batch(single_device):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    try:
+        for index in range(2):
+            config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            procs.append(subprocess.Popen(
+                [sys.executable, str(SCRIPTS / "multi_worker_minimize.py"), str(STEPS)],
+                env={**os.environ, "TF_CONFIG": config}, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True))
+        outputs = [p.communicate(timeout=150) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    results = sorted((_json_line(out) for out, _ in outputs), key=lambda r: r["worker"])
+    weights, losses = single_device
+    for a, b, reference in zip(results[0]["weights"], results[1]["weights"], weights,
+                               strict=True):
+        np.testing.assert_array_equal(a, b)  # the workers stay identical
+        assert _relative_error(a, reference) <= 1e-5
+    assert results[0]["losses"] == pytest.approx(losses, rel=1e-12)
+
+
+def test_unsupported_strategies_are_refused_before_any_work():
+    strategy = tf.distribute.experimental.CentralStorageStrategy()
+    with pytest.raises(ValueError, match="does not support CentralStorageStrategy.*"
+                                         "MirroredStrategy, MultiWorkerMirroredStrategy"):
+        check_strategy(strategy)
+    model, optimizer = toy.model_and_optimizer()
+    x, y = toy.data()
+    before = [w.numpy().copy() for w in model.trainable_variables]
+    with strategy.scope(), pytest.raises(ValueError, match="CentralStorageStrategy"):
+        toy.step_fn(model, optimizer)(tf.constant(x), tf.constant(y))
+    for w, b in zip(model.trainable_variables, before, strict=True):
+        np.testing.assert_array_equal(w.numpy(), b)
+    check_strategy(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    check_strategy(tf.distribute.get_strategy())
+    assert natgrad.NaturalGradient  # the public optimizer is what the toy uses
