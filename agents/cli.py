@@ -37,6 +37,8 @@ from agents.run_setup import (
     DEFAULT_ENV_ID,
     RunFailed,
     UsageError,
+    is_chief,
+    launch_workers,
     load_run,
     locked,
     one_line,
@@ -77,9 +79,12 @@ non_negative_int = _int_at_least(0, "an integer >= 0")
 
 def cmd_train(args) -> int:
     """``train``: validate, learn with a progress bar, evaluate, plot, summarize."""
+    if args.workers > 1:
+        return launch_workers(args, args.argv)
     with contextlib.ExitStack() as stack:
         if args.resume is not None:
-            stack.enter_context(locked(Path(args.resume)))
+            if is_chief():
+                stack.enter_context(locked(Path(args.resume)))
             agent, run_dir, budget = prepare_resume(args)
         else:
             agent, run_dir, budget = prepare_new_run(args, stack)
@@ -93,6 +98,9 @@ def _train(agent, run_dir: Path, budget: int, *, resumed: bool) -> int:
     from agents.stop_signals import TrainingInterrupted
 
     config = agent.config
+    if agent.worker_index > 0:  # another worker of a cluster: the chief reports and evaluates
+        agent.learn(budget)
+        return 0
     start_steps = agent.num_timesteps
     action = "resuming" if resumed else "training"
     print(f"{action} TRPO on {config.env_id} (seed {config.seed}, {config.n_envs} envs x "
@@ -216,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override one TRPOConfig field, e.g. --set max_kl=0.02 "
                             "(repeatable; tuples as 64,64)")
+    train.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                       help="train on N worker processes of this machine "
+                            "(MultiWorkerMirroredStrategy; see README 'Scaling out')")
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser(
@@ -253,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     prefix = f"natgrad-trpo {args.command}"
     with _warnings_to_stderr(prefix):
         try:

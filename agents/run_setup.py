@@ -121,7 +121,8 @@ def prepare_resume(args):
     from agents import TRPO
 
     try:
-        agent = TRPO.resume(run_dir, trust_env_state=args.trust_env_state)
+        agent = TRPO.resume(run_dir, trust_env_state=args.trust_env_state,
+                            strategy=_cluster_strategy())
     except ValueError as exc:
         raise UsageError(f"{run_dir}: cannot resume ({one_line(exc)})") from None
     if budget <= agent.num_timesteps:
@@ -157,6 +158,23 @@ def _new_run_config(args):
     return env_id, overrides, config
 
 
+def _cluster_strategy():
+    """The multi-worker strategy ``TF_CONFIG`` asks for, or None (see ``agents.workers``)."""
+    from agents.workers import strategy_from_environment
+
+    try:
+        return strategy_from_environment()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run: the only one, or worker 0 of a cluster."""
+    from agents.workers import task_index
+
+    return task_index() == 0
+
+
 def _check_new_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out {run_dir} is a file, not a directory")
@@ -167,9 +185,44 @@ def _check_new_run_dir(run_dir: Path) -> None:
         )
 
 
+def launch_workers(args, argv: list[str]) -> int:
+    """``train --workers N``: checks the arguments, fixes the run directory, and runs N
+    workers on this machine (:func:`agents.workers.launch`); returns their exit status."""
+    from agents.workers import TF_CONFIG, launch
+
+    if os.environ.get(TF_CONFIG):
+        raise UsageError(f"--workers starts a cluster on this machine, but {TF_CONFIG} is "
+                         "set: run one process per worker without --workers instead")
+    child = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--workers":
+            next(tokens, None)
+        elif not token.startswith("--workers="):
+            child.append(token)
+    if args.resume is None:
+        env_id, _, config = _new_run_config(args)
+        run_dir = Path(args.out) if args.out is not None else fresh_run_dir(env_id, config.seed)
+        _check_new_run_dir(run_dir)
+        if args.out is None:
+            child += ["--out", str(run_dir)]
+    else:
+        _read_run(Path(args.resume))
+    return launch(child, args.workers)
+
+
 def prepare_new_run(args, stack: contextlib.ExitStack):
     """A new, validated agent and its locked run directory (removed again if setup fails)."""
     env_id, overrides, config = _new_run_config(args)
+    if not is_chief():  # another worker of a cluster: the chief owns and checks the directory
+        if args.out is None:
+            raise UsageError("every worker of a cluster needs the same --out DIR")
+        import_tensorflow_quietly()
+        from agents import TRPO
+
+        strategy = _cluster_strategy()
+        return (TRPO(env_id, preset=args.preset, run_dir=Path(args.out), strategy=strategy,
+                     **overrides), Path(args.out), config.total_steps)
     if args.out is not None:
         run_dir = Path(args.out)
         _check_new_run_dir(run_dir)
@@ -182,7 +235,8 @@ def prepare_new_run(args, stack: contextlib.ExitStack):
         import_tensorflow_quietly()
         from agents import TRPO
 
-        agent = TRPO(env_id, preset=args.preset, run_dir=run_dir, **overrides)
+        agent = TRPO(env_id, preset=args.preset, run_dir=run_dir, strategy=_cluster_strategy(),
+                     **overrides)
     except BaseException as exc:
         if not existed:
             shutil.rmtree(run_dir, ignore_errors=True)

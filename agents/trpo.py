@@ -58,6 +58,7 @@ from agents.rollout import (
 from agents.run_dir import RunDirError, RunLock, claim_run_dir, read_run_config, select_checkpoint
 from agents.stop_signals import StopSignals, TrainingInterrupted
 from agents.update import make_update_fn
+from agents.workers import worker_position
 
 log = logging.getLogger("agents")
 
@@ -89,7 +90,8 @@ class TRPO:
     ``on_non_finite="skip"``, drops that batch), so non-finite weights are never saved.
     """
 
-    def __init__(self, env, *, preset: str | None = None, run_dir=None, **overrides):
+    def __init__(self, env, *, preset: str | None = None, run_dir=None, strategy=None,
+                 **overrides):
         env_id, self._env_factory = resolve_env(env)
         if "env_id" in overrides:  # names a factory's env; must agree with an env id string
             if isinstance(env, str) and overrides["env_id"] != env:
@@ -104,8 +106,33 @@ class TRPO:
             probe.close()
         cfg = self.config
         self.run_dir = None if run_dir is None else Path(run_dir)
+        self.strategy = strategy
+        self.worker_index, self.num_workers = worker_position(strategy)
+        if self.num_workers > 1 and (cfg.normalize_obs or cfg.on_non_finite == "skip"):
+            raise ValueError(
+                "with several workers, normalize_obs must be false (each worker's running "
+                "statistics would differ) and on_non_finite 'stop' (a skipped batch on one "
+                "worker would leave the others waiting); both are not supported yet")
         self.rng = np.random.default_rng(cfg.seed)
         self._predict_rng = np.random.default_rng([cfg.seed, 1])
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            self._build_networks()
+        self.num_timesteps = 0
+        self.updates = 0
+        self.wall_time = 0.0
+        self.history: list[dict] = []
+        self.run_id = uuid.uuid4().hex  # names this run in config.json and its checkpoints
+        self.skipped_batches = 0
+        self._worker: RolloutWorker | None = None
+        self._pending_env_state: dict | None = None
+        self._resumed = False  # set by resume(): learn() then checks and trims the run dir
+        self._newest_at_resume: Path | None = None
+        self._saved_update: int | None = None
+
+    def _build_networks(self) -> None:
+        """Policy, value function, both optimizers and the compiled update (in the
+        strategy's scope when there is one)."""
+        cfg = self.config
         obs_dim = self.observation_space.shape[0]
         if isinstance(self.action_space, gym.spaces.Discrete):
             self.policy = CategoricalPolicy(obs_dim, int(self.action_space.n),
@@ -126,17 +153,6 @@ class TRPO:
         self.value_optimizer = keras.optimizers.Adam(learning_rate=cfg.critic_lr)
         self.value_optimizer.build(self.value.trainable_variables)
         self._update_fn = self._make_update_fn()
-        self.num_timesteps = 0
-        self.updates = 0
-        self.wall_time = 0.0
-        self.history: list[dict] = []
-        self.run_id = uuid.uuid4().hex  # names this run in config.json and its checkpoints
-        self.skipped_batches = 0
-        self._worker: RolloutWorker | None = None
-        self._pending_env_state: dict | None = None
-        self._resumed = False  # set by resume(): learn() then checks and trims the run dir
-        self._newest_at_resume: Path | None = None
-        self._saved_update: int | None = None
 
     # Training ---------------------------------------------------------------------------
 
@@ -152,11 +168,12 @@ class TRPO:
           NonFiniteError: with ``on_non_finite="stop"``, after checkpointing the last good state.
         """
         total = self.config.total_steps if total_steps is None else int(total_steps)
-        lock = RunLock(self.run_dir) if self.run_dir is not None else contextlib.nullcontext()
+        writes = self._writes_run_dir
+        lock = RunLock(self.run_dir) if writes else contextlib.nullcontext()
         with lock, StopSignals() as stop:
             self._claim_run_dir()
             worker = self._ensure_worker()
-            logger = ProgressLogger(self.run_dir)
+            logger = ProgressLogger(self.run_dir if writes else None)
             bar = tqdm(total=total, initial=min(self.num_timesteps, total), unit="step",
                        disable=not progress_bar, dynamic_ncols=True)
             try:
@@ -181,9 +198,14 @@ class TRPO:
                 logger.close()
         return self
 
+    @property
+    def _writes_run_dir(self) -> bool:
+        """Whether this process writes ``run_dir``: with several workers, only the chief."""
+        return self.run_dir is not None and self.worker_index == 0
+
     def _claim_run_dir(self) -> None:
         """Under the lock: makes ``run_dir`` this run's (or checks it is), clears temp files."""
-        if self.run_dir is not None:
+        if self._writes_run_dir:
             claim_run_dir(self.run_dir, self.run_id, self.config.to_dict(),
                           resumed_at=self.num_timesteps if self._resumed else None,
                           newest_at_resume=self._newest_at_resume)
@@ -191,7 +213,7 @@ class TRPO:
 
     def _checkpoint(self) -> Path | None:
         """Saves ``run_dir/checkpoints/update_NNNNNN.ckpt`` unless this update is saved."""
-        if self.run_dir is None:
+        if not self._writes_run_dir:
             return None
         path = checkpoint_path(self.run_dir, self.updates)
         if self._saved_update != self.updates:
@@ -241,7 +263,9 @@ class TRPO:
         """One TRPO iteration (Algorithm 1); returns its progress row."""
         cfg, start = self.config, time.perf_counter()
         # 1. Collect a batch with the current policy.
-        rollout = worker.collect(self.policy.numpy_params(), cfg.n_steps, self.rng,
+        rng = self.rng if self.num_workers == 1 else np.random.default_rng(
+            [cfg.seed, self.worker_index, self.updates])  # each worker samples its own actions
+        rollout = worker.collect(self.policy.numpy_params(), cfg.n_steps, rng,
                                  first_step=self.num_timesteps)
         # 2. Advantages by GAE, bootstrapping V(final_obs) at truncation.
         value_params = self.value.numpy_params()
@@ -252,11 +276,12 @@ class TRPO:
         advantages, returns = compute_gae(rollout.rewards, values, next_values,
                                           rollout.terminated, rollout.truncated,
                                           cfg.gamma, cfg.gae_lambda)
-        policy_advantages = (normalize_advantages(advantages) if cfg.normalize_advantages
+        policy_advantages = (normalize_advantages(advantages)  # across workers: in the update
+                             if cfg.normalize_advantages and self.num_workers == 1
                              else advantages)
         for name, values in (("the return", returns), ("the advantage", policy_advantages)):
             check_finite(name, _flat(values).astype(np.float32), self.num_timesteps, cfg.n_envs)
-        critic_order = np.stack([self.rng.permutation(cfg.batch_size)
+        critic_order = np.stack([rng.permutation(cfg.batch_size)
                                  for _ in range(cfg.critic_epochs)]).astype(np.int32)
         # 3 + 4. Natural-gradient policy step and value fit, in one compiled call.
         stats = self._update_fn(
@@ -270,7 +295,7 @@ class TRPO:
                 f"the update (largest |return| {np.max(np.abs(returns)):.3g})")
         # 5. Log.
         elapsed = time.perf_counter() - start
-        self.num_timesteps += cfg.batch_size
+        self.num_timesteps += cfg.batch_size * self.num_workers
         self.updates += 1
         self.wall_time += elapsed
         return {
@@ -286,14 +311,15 @@ class TRPO:
             "cg_iterations": int(stats["cg_iterations"]),
             "cg_residual": float(stats["cg_residual"]),
             "surrogate_improvement": float(stats["loss_before"] - stats["loss_after"]),
-            "steps_per_second": cfg.batch_size / elapsed,
+            "steps_per_second": cfg.batch_size * self.num_workers / elapsed,
             "skipped_batches": self.skipped_batches,
         }
 
     def _make_update_fn(self):
         action_shape = () if isinstance(self.policy, CategoricalPolicy) else self.action_space.shape
         return make_update_fn(self.config, self.policy, self.value, self.policy_optimizer,
-                              self.value_optimizer, self.observation_space.shape, action_shape)
+                              self.value_optimizer, self.observation_space.shape, action_shape,
+                              strategy=self.strategy if self.num_workers > 1 else None)
 
     def _ensure_worker(self) -> RolloutWorker:
         """Creates the vector env (restoring a checkpoint's env state if one is pending)."""
@@ -303,15 +329,16 @@ class TRPO:
         envs = make_vector_env(self._env_factory, cfg.n_envs, cfg.vectorization)
         worker = RolloutWorker(envs, self.policy, self.obs_rms)
         pending, self._pending_env_state = self._pending_env_state, None
+        seed = cfg.seed + 10_007 * self.worker_index  # workers' envs are seeded apart
         if pending is None:
-            worker.reset(cfg.seed)
+            worker.reset(seed)
         else:
             saved_obs_rms = None if self.obs_rms is None else self.obs_rms.state()
             if pending["sub_envs"] is not None and isinstance(envs, gym.vector.SyncVectorEnv):
                 envs.envs = pending["sub_envs"]
                 worker.load_state(pending["worker"])
             else:  # re-seed: the episodes in progress are lost
-                worker.reset(cfg.seed + self.updates)
+                worker.reset(seed + self.updates)
                 worker.load_state({**pending["worker"], "last_obs": worker.last_obs,
                                    "running_returns": np.zeros(cfg.n_envs)})
             if saved_obs_rms is not None:
@@ -362,7 +389,8 @@ class TRPO:
         write_checkpoint(path, *agent_checkpoint(self))
 
     @classmethod
-    def load(cls, path, *, env=None, run_dir=None, trust_env_state: bool = False) -> TRPO:
+    def load(cls, path, *, env=None, run_dir=None, trust_env_state: bool = False,
+             strategy=None) -> TRPO:
         """Rebuilds an agent from ``save``/a checkpoint; ``env`` defaults to the saved env id.
 
         Nothing in the file is executed, unless it holds pickled envs (``save_env_state``)
@@ -374,10 +402,11 @@ class TRPO:
         """
         checkpoint = path if not isinstance(path, (str, Path)) else read_checkpoint(path)
         return cls._from_checkpoint(checkpoint, env=env, run_dir=run_dir,
-                                    trust_env_state=trust_env_state)
+                                    trust_env_state=trust_env_state, strategy=strategy)
 
     @classmethod
-    def _from_checkpoint(cls, checkpoint, *, env, run_dir, trust_env_state) -> TRPO:
+    def _from_checkpoint(cls, checkpoint, *, env, run_dir, trust_env_state,
+                         strategy=None) -> TRPO:
         meta = checkpoint.meta
         expected = resolve_env(env)[0] if isinstance(env, str) else None
         if expected is not None and meta.get("env_id") != expected:
@@ -389,9 +418,9 @@ class TRPO:
         env_id = settings.pop("env_id", meta.get("env_id"))
         try:
             if env is None or isinstance(env, str):
-                agent = cls(env_id, run_dir=run_dir, **settings)
+                agent = cls(env_id, run_dir=run_dir, strategy=strategy, **settings)
             else:  # a gymnasium.Env or factory keeps the saved env id
-                agent = cls(env, run_dir=run_dir, env_id=env_id, **settings)
+                agent = cls(env, run_dir=run_dir, strategy=strategy, env_id=env_id, **settings)
         except TypeError as exc:  # a config field this version does not know
             raise CheckpointError(f"checkpoint {checkpoint.path}: {exc}") from None
         restore_agent(agent, checkpoint, trust_env_state=trust_env_state)
@@ -400,7 +429,8 @@ class TRPO:
         return agent
 
     @classmethod
-    def resume(cls, run_dir, *, env=None, trust_env_state: bool = False) -> TRPO:
+    def resume(cls, run_dir, *, env=None, trust_env_state: bool = False,
+               strategy=None) -> TRPO:
         """The agent of ``run_dir`` at its newest usable checkpoint; ``.learn()`` continues.
 
         Checkpoints that are truncated or corrupt are skipped with a warning (logger
@@ -424,13 +454,14 @@ class TRPO:
         if checkpoint is None:
             log.warning("%s has no checkpoint yet: the run restarts from its start", run_dir)
             settings = {k: v for k, v in config.items() if k != "env_id"}
-            agent = cls(config["env_id"] if env is None else env, run_dir=run_dir, **settings)
+            agent = cls(config["env_id"] if env is None else env, run_dir=run_dir,
+                        strategy=strategy, **settings)
             agent.run_id = run_id
         else:
             if notes:
                 log.warning("resuming from %s", checkpoint.path)
             agent = cls._from_checkpoint(checkpoint, env=env, run_dir=run_dir,
-                                         trust_env_state=trust_env_state)
+                                         trust_env_state=trust_env_state, strategy=strategy)
         agent._resumed = True
         agent._newest_at_resume = (list_checkpoints(run_dir) or [None])[0]
         return agent

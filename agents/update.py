@@ -10,6 +10,14 @@ per agent) that, on one batch of ``N = n_envs × n_steps`` samples,
 2. fits the value function: ``critic_epochs`` passes of Adam over minibatches of
    ``mean (V(s) − R̂)²`` in the given order;
 3. returns the step's statistics, the final value loss and ``weights_finite``.
+
+With a ``strategy`` (``MultiWorkerMirroredStrategy``: one replica per worker process, each on
+its own batch), the same update runs under ``strategy.run`` and equals the update on all
+workers' batches together: the advantages are standardized with cross-worker statistics, the
+policy step averages its loss, gradient, Fisher products and line search over the workers
+(:mod:`natgrad.distribute`), the value fit's gradients are summed by Keras' optimizer from
+losses scaled by ``1 / workers``, and every worker applies the same change. Collectives may
+not sit inside graph loops on CPU, so there the value-fit loop is unrolled.
 """
 
 from __future__ import annotations
@@ -18,15 +26,18 @@ import math
 
 import tensorflow as tf
 
+from natgrad.distribute import ReplicaMean, replica_context
 from natgrad.structure import all_finite
 
 
 def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_shape: tuple,
-                   action_shape: tuple):
+                   action_shape: tuple, strategy=None):
     """``update(obs [N, *obs_shape], actions [N, *action_shape], advantages [N],
     returns [N], critic_order [critic_epochs, N]) -> dict of scalars``. ``action_shape`` is
-    ``()`` for integer (categorical) actions."""
+    ``()`` for integer (categorical) actions. With a ``strategy``, ``advantages`` are raw (they
+    are standardized here, across workers) and every worker passes its own batch."""
     n = cfg.batch_size
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
     action_spec = (tf.TensorSpec([n], tf.int32) if action_shape == ()
                    else tf.TensorSpec([n, *action_shape], tf.float32))
     batches_per_epoch = math.ceil(n / cfg.critic_batch_size)
@@ -54,22 +65,41 @@ def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_sh
         return tf.reduce_mean(tf.square(value(obs) - returns))
 
     def fit_value(obs, returns, critic_order):
-        for epoch in tf.range(cfg.critic_epochs):
-            for b in tf.range(batches_per_epoch):
+        # tf.range makes graph loops; under a strategy Python ranges unroll them.
+        epochs = tf.range if strategy is None else range
+        for epoch in epochs(cfg.critic_epochs):
+            for b in epochs(batches_per_epoch):
                 idx = critic_order[epoch, b * cfg.critic_batch_size:
                                    (b + 1) * cfg.critic_batch_size]
                 with tf.GradientTape() as tape:
-                    loss = value_loss(tf.gather(obs, idx), tf.gather(returns, idx))
+                    loss = value_loss(tf.gather(obs, idx), tf.gather(returns, idx)) / replicas
                 grads = tape.gradient(loss, value_vars)
                 value_optimizer.apply_gradients(zip(grads, value_vars, strict=True))
         return value_loss(obs, returns)
+
+    def standardize(advantages):
+        """``(Â − mean) / (std + 1e-8)`` over every worker's batch (population std)."""
+        mean = ReplicaMean(replica_context())
+        mu = mean(tf.reduce_mean(advantages))
+        std = tf.sqrt(mean(tf.reduce_mean(tf.square(advantages - mu))))
+        return (advantages - mu) / (std + 1e-8)
 
     @tf.function(input_signature=[
         tf.TensorSpec([n, *obs_shape], tf.float32), action_spec, tf.TensorSpec([n], tf.float32),
         tf.TensorSpec([n], tf.float32), tf.TensorSpec([cfg.critic_epochs, n], tf.int32)])
     def update(obs, actions, advantages, returns, critic_order):
+        if strategy is not None:
+            return strategy.experimental_local_results(strategy.run(
+                replica_update, args=(obs, actions, advantages, returns, critic_order)))[0]
+        return replica_update(obs, actions, advantages, returns, critic_order)
+
+    def replica_update(obs, actions, advantages, returns, critic_order):
+        if strategy is not None and cfg.normalize_advantages:
+            advantages = standardize(advantages)
         stats = policy_step(obs, actions, advantages)
         stats["value_loss"] = fit_value(obs, returns, critic_order)
+        mean = ReplicaMean(replica_context())
+        stats["value_loss"], stats["entropy"] = mean((stats["value_loss"], stats["entropy"]))
         stats["weights_finite"] = all_finite(policy.trainable_variables, value_vars)
         return stats
 

@@ -68,7 +68,11 @@ def test_mirrored_step_equals_the_single_device_step(single_device):
         assert replica_losses == pytest.approx([loss, loss], rel=1e-12)
 
 
-def test_two_workers_hold_what_one_process_reaches_on_the_whole_batch(single_device):
+def test_two_workers_match_one_process_and_trpo_workers_stay_identical(single_device, tmp_path):
+    """Two localhost workers (``TF_CONFIG``, two processes): the toy step equals one process on
+    the whole batch; a 3-update TRPO run keeps both workers bit-identical, and its checkpoint
+    resumes with ``natgrad-trpo train --workers 2 --resume``."""
+    run_dir = tmp_path / "run"
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -76,23 +80,39 @@ def test_two_workers_hold_what_one_process_reaches_on_the_whole_batch(single_dev
         for index in range(2):
             config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
             procs.append(subprocess.Popen(
-                [sys.executable, str(SCRIPTS / "multi_worker_minimize.py"), str(STEPS)],
+                [sys.executable, str(SCRIPTS / "multi_worker.py"), str(run_dir)],
                 env={**os.environ, "TF_CONFIG": config}, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True))
-        outputs = [p.communicate(timeout=150) for p in procs]
+        outputs = [p.communicate(timeout=240) for p in procs]
     finally:
         for p in procs:
             p.kill()
             p.wait()
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
-    results = sorted((_json_line(out) for out, _ in outputs), key=lambda r: r["worker"])
+    first, second = sorted((_json_line(out) for out, _ in outputs), key=lambda r: r["worker"])
     weights, losses = single_device
-    for a, b, reference in zip(results[0]["weights"], results[1]["weights"], weights,
+    for a, b, reference in zip(first["toy_weights"], second["toy_weights"], weights,
                                strict=True):
-        np.testing.assert_array_equal(a, b)  # the workers stay identical
+        np.testing.assert_array_equal(a, b)
         assert _relative_error(a, reference) <= 1e-5
-    assert results[0]["losses"] == pytest.approx(losses, rel=1e-12)
+    assert first["toy_losses"] == pytest.approx(losses, rel=1e-12)
+    for a, b in zip(first["trpo_weights"], second["trpo_weights"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert first["num_timesteps"] == second["num_timesteps"] == 3 * 2 * 64
+    assert first["kl"] == second["kl"] and all(k > 0 for k in first["kl"])
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    assert checkpoints == ["update_000001.ckpt", "update_000002.ckpt", "update_000003.ckpt"]
+
+    resume = subprocess.run([sys.executable, "-m", "agents", "train", "--workers", "2",
+                             "--resume", str(run_dir), "--steps", str(5 * 2 * 64)],
+                            capture_output=True, text=True, timeout=240)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert "resuming TRPO" in resume.stdout
+    from agents.checkpoint import latest_checkpoint, read_checkpoint
+
+    assert read_checkpoint(latest_checkpoint(run_dir)).meta["num_timesteps"] == 5 * 2 * 64
+    assert len((run_dir / "progress.csv").read_text().splitlines()) == 1 + 5
 
 
 def test_unsupported_strategies_are_refused_before_any_work():

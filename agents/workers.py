@@ -1,0 +1,127 @@
+"""TRPO on several worker processes with ``tf.distribute.MultiWorkerMirroredStrategy``.
+
+Each worker steps its own envs (seeded apart) and every update is one step on all workers'
+batches together (:mod:`agents.update`, :mod:`natgrad.distribute`): all workers hold identical
+weights after each update. Worker 0, the chief, writes the run directory (config, progress,
+checkpoints, evaluation); the others only read it (a resume loads the chief's checkpoint).
+
+A worker learns its place from ``TF_CONFIG``, TensorFlow's cluster description::
+
+    {"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": "worker", "index": 0}}
+
+On several machines, set ``TF_CONFIG`` on each host (same cluster, its own index) and run the
+same ``natgrad-trpo train ... --out DIR`` on each, ``DIR`` on a shared file system.
+``natgrad-trpo train --workers N`` does this on one machine: :func:`launch` picks N free
+loopback ports and starts N copies of the command, each with its ``TF_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+TF_CONFIG = "TF_CONFIG"
+
+
+def cluster_size() -> int:
+    """Workers named by ``TF_CONFIG`` (1 without one)."""
+    try:
+        config = json.loads(os.environ.get(TF_CONFIG) or "{}")
+        return max(1, len(config.get("cluster", {}).get("worker", [])))
+    except (ValueError, AttributeError):
+        raise ValueError(f"{TF_CONFIG} is not a valid cluster description: "
+                         f"{os.environ.get(TF_CONFIG)!r}") from None
+
+
+def strategy_from_environment():
+    """A ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers, else None.
+
+    Call it before TensorFlow runs any op: the strategy sets up the collectives.
+    """
+    if cluster_size() < 2:
+        return None
+    import tensorflow as tf
+
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def task_index() -> int:
+    """This process's worker index in ``TF_CONFIG`` (0 without one)."""
+    try:
+        return int(json.loads(os.environ.get(TF_CONFIG) or "{}").get("task", {}).get("index", 0))
+    except (ValueError, AttributeError):
+        return 0
+
+
+def worker_position(strategy) -> tuple[int, int]:
+    """``(index, count)`` of this worker; ``(0, 1)`` without a multi-worker strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if strategy is None or resolver is None or not resolver.cluster_spec().as_dict():
+        return 0, 1
+    return int(resolver.task_id), int(strategy.num_replicas_in_sync)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def launch(argv: list[str], workers: int, *, timeout: float | None = None) -> int:
+    """Runs ``python -m agents ARGV`` as ``workers`` processes on this machine; returns the
+    exit status (the first failure's, else the chief's).
+
+    The chief's output goes to this terminal, the others' is discarded unless they fail. If a
+    worker fails, the rest are stopped (they would wait for it forever); Ctrl-C and SIGTERM
+    are passed on to every worker, so the chief checkpoints before they exit.
+    """
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
+    procs, logs = [], [None] + [tempfile.TemporaryFile() for _ in range(1, workers)]
+    for index in range(workers):
+        env = {**os.environ, TF_CONFIG: json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        quiet = {} if index == 0 else {"stdout": subprocess.DEVNULL, "stderr": logs[index]}
+        procs.append(subprocess.Popen([sys.executable, "-m", "agents", *argv], env=env,
+                                      **quiet))
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = [p for p in procs if p.poll() not in (None, 0)]
+            if failed or (deadline is not None and time.monotonic() > deadline):
+                break
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            p.wait()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for index, (p, log) in enumerate(zip(procs, logs, strict=True)):
+        if log is not None:
+            if p.returncode not in (0, -signal.SIGKILL):
+                log.seek(0)
+                sys.stderr.write(f"worker {index}: {log.read().decode(errors='replace')}")
+            log.close()
+    codes = [p.returncode for p in procs]
+    return next((c for c in codes if c not in (0, -signal.SIGKILL)), codes[0])
