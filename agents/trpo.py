@@ -71,6 +71,8 @@ class TRPO:
         or a zero-argument factory returning one.
       preset: name of a preset to use instead of the env id's own.
       run_dir: folder for ``config.json``, ``progress.csv``, ``tb/`` and ``checkpoints/``.
+      strategy: a ``tf.distribute.MultiWorkerMirroredStrategy`` to train as one worker of a
+        cluster (see :mod:`agents.workers`); ``None`` trains in this process alone.
       **overrides: any :class:`TRPOConfig` field.
 
     Raises:

@@ -1,0 +1,196 @@
+"""Where the time of a distributed natural-gradient step goes: 1 process vs 2 workers.
+
+One ``NaturalGradient.minimize`` step (Fisher in Gauss-Newton form, CG, KL line search) on a
+17-64-64-6 tanh policy with a categorical output, the global batch fixed (``--batch``, default
+8192 states) and split over the workers. Measured in one invocation, on this machine:
+
+* ``1 process``: the plain step on the whole batch (no strategy);
+* ``2 workers``: two processes on localhost under ``MultiWorkerMirroredStrategy``
+  (``TF_CONFIG``, gRPC collectives), each on half the batch; the step then runs
+  ``1 + cg_iters + line_search_max_tries`` all-reduces (loss and gradient; one per CG product;
+  one per line-search trial, all of which run under a strategy, see ``natgrad.distribute``);
+* one all-reduce of a parameter-sized float32 vector, alone, between the two workers.
+
+Every time is the median of ``--repeats`` calls after a warm-up (tracing excluded). On a
+2-core machine two workers share the two cores that one process had, so the distributed step
+is not faster here: the point is what a collective costs and how many a step makes.
+
+Usage::
+
+    python scripts/bench_distributed.py                 # ~1-2 min on 2 cores
+    python scripts/bench_distributed.py --batch 2048 --out-json /tmp/dist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CG_ITERS, TRIES = 10, 10
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def measure(batch: int, repeats: int) -> dict:
+    """This process's measurements (a worker of the cluster in ``TF_CONFIG``, or alone)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from agents.workers import strategy_from_environment
+
+    strategy = strategy_from_environment()
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import natgrad
+
+    workers = 1 if strategy is None else strategy.num_replicas_in_sync
+    index = 0 if strategy is None else strategy.cluster_resolver.task_id
+    local = batch // workers
+    rng = np.random.default_rng(index)
+    x = tf.constant(rng.normal(size=(local, 17)), tf.float32)
+    actions = tf.constant(rng.integers(0, 6, size=local), tf.int32)
+    advantages = tf.constant(rng.normal(size=local), tf.float32)
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((17,)), keras.layers.Dense(64, activation="tanh"),
+                                  keras.layers.Dense(64, activation="tanh"),
+                                  keras.layers.Dense(6)])
+        optimizer = natgrad.NaturalGradient(max_kl=1e-9, cg_iters=CG_ITERS,
+                                            line_search_max_tries=TRIES, damping=0.1)
+        optimizer.build(model.trainable_variables)
+        return model, optimizer
+
+    scope = strategy.scope() if strategy is not None else None
+    if scope is not None:
+        with scope:
+            model, optimizer = build()
+    else:
+        model, optimizer = build()
+    params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    old_logits = tf.stop_gradient(model(x))
+    old_log_prob = natgrad.distributions.categorical_log_prob(old_logits, actions)
+
+    def step():  # max_kl 1e-9: every trial is rejected, so all of them run and nothing moves
+        def loss_fn():
+            log_prob = natgrad.distributions.categorical_log_prob(model(x), actions)
+            return -tf.reduce_mean(tf.exp(log_prob - old_log_prob) * advantages)
+
+        return optimizer.minimize(loss_fn, model.trainable_variables,
+                                  outputs_fn=lambda: model(x),
+                                  output_distribution=natgrad.distributions.CATEGORICAL)
+
+    vector = tf.ones([params], tf.float32)
+
+    def all_reduce():
+        return tf.distribute.get_replica_context().all_reduce("SUM", vector)
+
+    if strategy is None:
+        step_fn = tf.function(step)
+        reduce_fn = None
+    else:
+        step_fn = tf.function(lambda: strategy.run(step))
+        reduce_fn = tf.function(lambda: strategy.run(all_reduce))
+
+    def median_seconds(fn) -> float:
+        fn()  # warm-up: tracing
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = fn()
+            tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, result)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
+    result = {"workers": workers, "worker": index, "local_batch": local, "params": params,
+              "step_s": median_seconds(step_fn)}
+    if reduce_fn is not None:
+        result["all_reduce_s"] = median_seconds(reduce_fn)
+        result["collectives_per_step"] = 1 + CG_ITERS + TRIES
+    return result
+
+
+def run_cluster(workers: int, batch: int, repeats: int) -> dict:
+    """Runs ``measure`` in ``workers`` processes (1: a plain process); the chief's result."""
+    argv = [sys.executable, __file__, "--measure", "--batch", str(batch),
+            "--repeats", str(repeats)]
+    if workers == 1:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        if done.returncode:
+            raise RuntimeError(done.stderr[-2000:])
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(workers)]}
+    procs = []
+    try:
+        for i in range(workers):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            procs.append(subprocess.Popen(argv, env={**os.environ, "TF_CONFIG": tf_config},
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True))
+        outputs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        if p.returncode:
+            raise RuntimeError(err[-2000:])
+    return json.loads(outputs[0][0].strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8192, help="global batch (states)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out-json", default="bench_results/distributed.json")
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.batch, args.repeats)))
+        return 0
+
+    single = run_cluster(1, args.batch, args.repeats)
+    double = run_cluster(2, args.batch, args.repeats)
+    collectives = double["collectives_per_step"]
+    communication = collectives * double["all_reduce_s"]
+    print(f"natural-gradient step, global batch {args.batch}, {single['params']:,} parameters, "
+          f"CG {CG_ITERS} iterations, {TRIES} line-search trials; "
+          f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})\n")
+    print("| setup | local batch | step | all-reduces per step | one all-reduce "
+          "| all-reduce share of the step |")
+    print("|---|---|---|---|---|---|")
+    print(f"| 1 process | {single['local_batch']} | {1e3 * single['step_s']:.1f} ms | 0 | - "
+          "| - |")
+    print(f"| 2 workers (localhost, MultiWorkerMirroredStrategy) | {double['local_batch']} | "
+          f"{1e3 * double['step_s']:.1f} ms | {collectives} | "
+          f"{1e3 * double['all_reduce_s']:.2f} ms | "
+          f"{100 * communication / double['step_s']:.0f}% |")
+    print(f"\nper CG iteration: one all-reduce of {single['params']:,} floats, "
+          f"{1e3 * double['all_reduce_s']:.2f} ms; 2 workers / 1 process step time: "
+          f"{double['step_s'] / single['step_s']:.2f}x")
+    record = {"batch": args.batch, "single": single, "two_workers": double,
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+    Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out_json).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nJSON: {args.out_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
