@@ -79,6 +79,13 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def cluster_configs(workers: int) -> list[str]:
+    """``TF_CONFIG`` for each of ``workers`` processes on this machine (free loopback ports)."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            for index in range(workers)]
+
+
 def launch(argv: list[str], workers: int, *, timeout: float | None = None) -> int:
     """Runs ``python -m agents ARGV`` as ``workers`` processes on this machine; returns the
     exit status (the first failure's, else the chief's).
@@ -87,11 +94,9 @@ def launch(argv: list[str], workers: int, *, timeout: float | None = None) -> in
     worker fails, the rest are stopped (they would wait for it forever); Ctrl-C and SIGTERM
     are passed on to every worker, so the chief checkpoints before they exit.
     """
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
     procs, logs = [], [None] + [tempfile.TemporaryFile() for _ in range(1, workers)]
-    for index in range(workers):
-        env = {**os.environ, TF_CONFIG: json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+    for index, tf_config in enumerate(cluster_configs(workers)):
+        env = {**os.environ, TF_CONFIG: tf_config}
         quiet = {} if index == 0 else {"stdout": subprocess.DEVNULL, "stderr": logs[index]}
         procs.append(subprocess.Popen([sys.executable, "-m", "agents", *argv], env=env,
                                       **quiet))

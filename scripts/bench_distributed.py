@@ -27,24 +27,12 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 CG_ITERS, TRIES = 10, 10
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def measure(batch: int, repeats: int) -> dict:
@@ -135,11 +123,11 @@ def run_cluster(workers: int, batch: int, repeats: int) -> dict:
         if done.returncode:
             raise RuntimeError(done.stderr[-2000:])
         return json.loads(done.stdout.strip().splitlines()[-1])
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(workers)]}
+    from agents.workers import cluster_configs
+
     procs = []
     try:
-        for i in range(workers):
-            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        for tf_config in cluster_configs(workers):
             procs.append(subprocess.Popen(argv, env={**os.environ, "TF_CONFIG": tf_config},
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import natgrad
+from agents.workers import cluster_configs
 from natgrad.distribute import check_strategy
 
 SCRIPTS = Path(__file__).parent / "distributed"
@@ -36,17 +36,6 @@ def _json_line(stdout: str) -> dict:
 def _relative_error(a, b) -> float:
     a, b = np.asarray(a), np.asarray(b)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +62,9 @@ def test_two_workers_match_one_process_and_trpo_workers_stay_identical(single_de
     the whole batch; a 3-update TRPO run keeps both workers bit-identical, and its checkpoint
     resumes with ``natgrad-trpo train --workers 2 --resume``."""
     run_dir = tmp_path / "run"
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     try:
-        for index in range(2):
-            config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        for config in cluster_configs(2):
             procs.append(subprocess.Popen(
                 [sys.executable, str(SCRIPTS / "multi_worker.py"), str(run_dir)],
                 env={**os.environ, "TF_CONFIG": config}, stdout=subprocess.PIPE,

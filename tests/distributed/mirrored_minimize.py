@@ -16,17 +16,7 @@ import toy  # noqa: E402
 
 steps = int(sys.argv[1])
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-with strategy.scope():
-    model, optimizer = toy.model_and_optimizer()
-    optimizer.build(model.trainable_variables)
-replica_step = toy.step_fn(model, optimizer)
-
-
-@tf.function
-def distributed(x, y):
-    return strategy.run(replica_step, args=(x, y))
-
-
+model, distributed = toy.distributed_step(strategy)
 x, y = toy.data()
 half = len(x) // 2
 

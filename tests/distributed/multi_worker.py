@@ -33,17 +33,7 @@ TRPO_SETTINGS = {"n_envs": 2, "n_steps": 32, "critic_epochs": 1, "critic_batch_s
                  "value_hidden": (16,), "checkpoint_every": 1, "eval_episodes": 1}
 
 worker = strategy.cluster_resolver.task_id
-with strategy.scope():
-    model, optimizer = toy.model_and_optimizer()
-    optimizer.build(model.trainable_variables)
-replica_step = toy.step_fn(model, optimizer)
-
-
-@tf.function
-def distributed(x, y):
-    return strategy.run(replica_step, args=(x, y))
-
-
+model, distributed = toy.distributed_step(strategy)
 x, y = toy.data()
 half = len(x) // 2
 xs, ys = tf.constant(x[half * worker:][:half]), tf.constant(y[half * worker:][:half])

@@ -42,6 +42,21 @@ def step_fn(model, optimizer):
     return step
 
 
+def distributed_step(strategy):
+    """``(model, step)``: the model and optimizer built in ``strategy``'s scope, and
+    ``step(x, y)`` under ``strategy.run``, compiled: each replica on its own ``x, y``."""
+    with strategy.scope():
+        model, optimizer = model_and_optimizer()
+        optimizer.build(model.trainable_variables)
+    replica_step = step_fn(model, optimizer)
+
+    @tf.function
+    def step(x, y):
+        return strategy.run(replica_step, args=(x, y))
+
+    return model, step
+
+
 def single_device_run(steps: int) -> tuple[list, list]:
     """Weights and losses after ``steps`` steps on the whole batch, one device."""
     model, optimizer = model_and_optimizer()
