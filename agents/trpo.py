@@ -162,7 +162,7 @@ class TRPO:
         """Trains until ``num_timesteps >= total_steps`` (default ``config.total_steps``).
 
         Steps already taken count, so a resumed agent continues to the same total. Each update
-        takes ``n_envs × n_steps`` steps.
+        takes ``n_envs × n_steps`` steps on each worker (one worker without a strategy).
 
         Raises:
           RunDirError: ``run_dir`` belongs to another run, or another process is writing it.
@@ -183,7 +183,7 @@ class TRPO:
                     row = self._update(worker)
                     self.history.append(row)
                     logger.log(row)
-                    bar.update(min(self.config.batch_size, total - bar.n))
+                    bar.update(min(self.num_timesteps, total) - bar.n)
                     bar.set_postfix(ret=f"{row['mean_return']:.1f}", kl=f"{row['kl']:.4f}",
                                     sps=f"{row['steps_per_second']:.0f}")
                     if self.updates % self.config.checkpoint_every == 0:
