@@ -160,14 +160,13 @@ def _call(model, x):
     return model(x)
 
 
-def _update_step_metrics(model, trackers: dict, stats: dict) -> dict:
+def _update_step_metrics(trackers: dict, stats: dict, epoch_start) -> dict:
     """Updates the ``kl`` / ``accepted`` / ``line_search_tries`` epoch means; returns results.
 
     Keras resets its metrics (``model.metrics``) at every epoch start; these trackers are not
     among them (they would then appear, empty, in ``evaluate``'s logs), so they are reset when
-    the loss tracker is empty, i.e. on the first step of an epoch.
+    ``epoch_start``: the loss tracker was empty before this step.
     """
-    epoch_start = tf.equal(tf.convert_to_tensor(model._loss_tracker.count), 0.0)
     values = {
         "kl": tf.where(tf.math.is_finite(stats["kl"]), stats["kl"], tf.zeros_like(stats["kl"])),
         "accepted": stats["accepted"],
@@ -198,6 +197,10 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
         return type(model).train_step(model, data)
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     n = tf.shape(tf.nest.flatten(x)[0])[0]
+    if not model.trainable_variables:
+        # A subclassed model builds its layers on its first call; inference mode changes no
+        # state (no BatchNorm update, no dropout seed drawn).
+        model(x, training=False) if getattr(model, "_call_has_training_arg", True) else model(x)
     forward = _StatelessForward(model)
 
     x_curvature = _leading_part(x, optimizer.curvature_batch_fraction)
@@ -218,6 +221,8 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
         # its new non-trainable values (BatchNorm statistics, dropout seeds) are written back.
         def loss_pass():
             y_pred = _call(model, x)
+            # Refuses, before Keras computes anything, losses that do not match the outputs.
+            output_losses(model.loss, _loss_weights(model), y_pred, _output_names(model))
             loss = model._compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
@@ -242,10 +247,11 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
     forward.write_kept()
     if recent is not None:
         recent.add(x)
+    epoch_start = tf.equal(tf.convert_to_tensor(model._loss_tracker.count), 0.0)
     model._loss_tracker.update_state(stats["loss_before"], sample_weight=n)
     logs = model.compute_metrics(x, y, first_pass["y_pred"], sample_weight=sample_weight)
     if state is not None:
-        logs.update(_update_step_metrics(model, state.trackers, stats))
+        logs.update(_update_step_metrics(state.trackers, stats, epoch_start))
     return logs
 
 

@@ -134,7 +134,7 @@ def train(name: str, optimizer, data, args) -> dict:
         metrics=["accuracy"],
     )
     if isinstance(optimizer, natgrad.NaturalGradient):
-        natgrad.enable_natural_gradient(model)
+        natgrad.enable_natural_gradient(model, reference_batch_size=args.reference_batch_size)
     recorder = EpochRecorder(args.target, args.extra_epochs, args.full)
     keras.utils.set_random_seed(args.seed)  # same shuffling for both runs
     model.fit(
@@ -239,6 +239,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--damping", type=float, default=1e-2)
     p.add_argument("--adaptive-damping", action="store_true")
     p.add_argument("--cg-iters", type=int, default=10)
+    p.add_argument("--reference-batch-size", type=int, default=128,
+                   help="enable_natural_gradient's reference_batch_size")
     p.add_argument("--out-json", type=Path, default=Path("bench_results/keras_digits.json"))
     p.add_argument("--out-png", type=Path, default=Path("bench_results/keras_digits.png"))
     return p.parse_args(argv)
