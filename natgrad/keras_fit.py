@@ -49,6 +49,7 @@ from natgrad.keras_losses import (
 )
 from natgrad.optimizer import NaturalGradient
 from natgrad.recent_inputs import RecentInputs, top_up
+from natgrad.structure import as_tf_variables
 
 STEP_METRICS = ("kl", "accepted", "line_search_tries")
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
@@ -132,6 +133,7 @@ class _StatelessForward:
     """
 
     def __init__(self, model: keras.Model):
+        self.trainable = list(model.trainable_variables)
         self.variables = list(model.non_trainable_variables)
         self.start = [tf.identity(v.value) for v in self.variables]
         compile_loss = getattr(model, "_compile_loss", None)
@@ -139,7 +141,12 @@ class _StatelessForward:
         self.kept: list = []
 
     def run(self, fn, *, keep: bool = False):
-        mapping = list(zip(self.variables, self.start, strict=True))
+        # Trainable variables map to their current value, read here (inside the caller's
+        # tapes, so gradients and JVPs flow to them): Keras' weight regularizers look every
+        # trainable variable up in the scope.
+        mapping = [(v, t) for v, t in zip(self.trainable, as_tf_variables(self.trainable),
+                                          strict=True)]
+        mapping += list(zip(self.variables, self.start, strict=True))
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             result = fn()
         if keep:
@@ -215,6 +222,7 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
             max_kl = tf.constant(max_kl, tf.float64) * share
 
     first_pass = {}
+    variable_dtype = tf.as_dtype(model.trainable_variables[0].dtype)
 
     def loss_fn():
         # minimize calls loss_fn first at θ₀: that pass's predictions feed the metrics and
@@ -230,7 +238,9 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
 
         y_pred, loss = forward.run(loss_pass, keep=not first_pass)
         first_pass.setdefault("y_pred", y_pred)
-        return tf.cast(loss, tf.float32) if loss.dtype in _LOW_PRECISION else loss
+        # In the variables' dtype: Keras computes losses in floatx (float32) for a float64
+        # model, and in float32 under mixed precision (float32 variables) already.
+        return tf.cast(loss, variable_dtype)
 
     def outputs_fn():
         return _float32_outputs(forward.run(lambda: _call(model, x_curvature)))
@@ -246,7 +256,8 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
     )
     forward.write_kept()
     if recent is not None:
-        recent.add(x)
+        # A batch whose loss is not finite (NaN inputs) would poison later curvature: skipped.
+        recent.add(x, enabled=tf.math.is_finite(stats["loss_before"]))
     epoch_start = tf.equal(tf.convert_to_tensor(model._loss_tracker.count), 0.0)
     model._loss_tracker.update_state(stats["loss_before"], sample_weight=n)
     logs = model.compute_metrics(x, y, first_pass["y_pred"], sample_weight=sample_weight)

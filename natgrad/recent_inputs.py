@@ -63,12 +63,13 @@ class RecentInputs:
         rows = [b[:k] for b in self._buffers]
         return tf.nest.pack_sequence_as(x_like, rows)
 
-    def add(self, x) -> None:
-        """Writes the batch ``x`` (its last ``capacity`` rows) into the ring."""
+    def add(self, x, enabled=True) -> None:
+        """Writes the batch ``x`` (its last ``capacity`` rows) into the ring, if ``enabled``
+        (a bool, or a bool tensor: false writes nothing)."""
         self._build(x)
         flat = tf.nest.flatten(x)
         n = tf.shape(flat[0], out_type=tf.int64)[0]
-        m = tf.minimum(n, self.capacity)
+        m = tf.where(enabled, tf.minimum(n, self.capacity), tf.constant(0, tf.int64))
         positions = (self._count + tf.range(m, dtype=tf.int64)) % self.capacity
         for buffer, t in zip(self._buffers, flat, strict=True):
             buffer.scatter_nd_update(positions[:, None], tf.cast(t[n - m:], buffer.dtype))

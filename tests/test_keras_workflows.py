@@ -11,6 +11,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from sklearn.datasets import load_digits
 
 import natgrad
@@ -361,3 +362,45 @@ def test_step_statistics_are_per_epoch_means(digits):
     assert history.history["kl"] == [0.0]
     assert [v.numpy().tobytes() for v in model.trainable_variables] == before
     assert int(model.optimizer.iterations) == 4
+
+
+# Regularizers, add_loss, datasets, float64 ---------------------------------------------------
+
+
+def test_logged_loss_includes_regularizers_and_activity_losses(digits):
+    """The step's loss is Keras' loss: weight and activity regularization included. One step on
+    the whole batch logs the loss at the start weights, which ``evaluate`` also computes."""
+    x, y = digits
+    x, y = x[:256], y[:256]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(32, activation="tanh", kernel_regularizer=keras.regularizers.L2(0.1),
+                           activity_regularizer=keras.regularizers.L2(0.05)),
+        keras.layers.Dense(10),
+    ])
+    model.compile(optimizer=natgrad.NaturalGradient(max_kl=0.01), loss=LOGITS_CE)
+    natgrad.enable_natural_gradient(model)
+    before = model.evaluate(x, y, batch_size=256, verbose=0)
+    plain = float(LOGITS_CE(y, model(x)))
+    assert before > plain + 0.1  # the regularization terms are there
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(256)
+    history = model.fit(dataset, epochs=2, verbose=0)
+    assert history.history["loss"][0] == pytest.approx(before, rel=1e-5)
+    assert history.history["loss"][1] < history.history["loss"][0]
+
+
+def test_float64_model_trains(digits):
+    x, y = digits
+    x, y = x[:256].astype("float64"), y[:256]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((64,), dtype="float64"),
+        keras.layers.Dense(32, activation="tanh", dtype="float64"),
+        keras.layers.Dense(10, dtype="float64"),
+    ])
+    model.compile(optimizer=natgrad.NaturalGradient(max_kl=0.01), loss=LOGITS_CE)
+    natgrad.enable_natural_gradient(model)
+    history = model.fit(x, y, batch_size=64, epochs=2, verbose=0)
+    assert history.history["accepted"] == [1.0, 1.0]
+    assert history.history["loss"][1] < history.history["loss"][0]

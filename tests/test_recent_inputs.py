@@ -25,6 +25,8 @@ def test_ring_keeps_the_most_recent_rows():
     ring.add(_rows(100, 8))  # more than the capacity: its last 5 rows
     assert sorted(ring.take(_rows(0, 1), 5)["b"].numpy()) == [103, 104, 105, 106, 107]
     assert len(ring.take(_rows(0, 1), 2)["b"]) == 2
+    ring.add(_rows(200, 2), enabled=tf.constant(False))  # writes nothing
+    assert sorted(ring.take(_rows(0, 1), 5)["b"].numpy()) == [103, 104, 105, 106, 107]
 
 
 def test_top_up_only_small_batches_and_inside_tf_function():
