@@ -36,6 +36,7 @@ One step on a batch ``x`` of ``n`` samples, with ``r = reference_batch_size``:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import keras
 import tensorflow as tf
@@ -211,15 +212,15 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
     forward = _StatelessForward(model)
 
     x_curvature = _leading_part(x, optimizer.curvature_batch_fraction)
-    max_kl = optimizer.max_kl
-    recent = state.recent if state is not None and state.recent.supports(x) else None
+    reference = state.reference_batch_size if state is not None else 0
+    recent = state.recent if reference > 0 and state.recent.supports(x) else None
     if recent is not None:
-        reference = state.reference_batch_size
-        target = max(1, int(-(-optimizer.curvature_batch_fraction * reference // 1)))
+        target = max(1, math.ceil(optimizer.curvature_batch_fraction * reference))
         x_curvature = top_up(x_curvature, recent, target)
-        if max_kl is not None:
-            share = tf.minimum(tf.constant(1.0, tf.float64), tf.cast(n, tf.float64) / reference)
-            max_kl = tf.constant(max_kl, tf.float64) * share
+    max_kl = optimizer.max_kl
+    if max_kl is not None and reference > 0:  # also for inputs the ring cannot keep
+        share = tf.minimum(tf.constant(1.0, tf.float64), tf.cast(n, tf.float64) / reference)
+        max_kl = tf.constant(max_kl, tf.float64) * share
 
     first_pass = {}
     variable_dtype = tf.as_dtype(model.trainable_variables[0].dtype)
@@ -280,7 +281,9 @@ def enable_natural_gradient(model: keras.Model, *, reference_batch_size: int = 1
       reference_batch_size: ``r``, default 128. Curvature and the trust-region KL are measured
         on at least ``r`` samples (a smaller batch is topped up with the most recent training
         inputs, kept in a ring of ``r`` rows), and a batch of ``n < r`` samples gets the KL
-        bound ``max_kl · n / r``. ``0`` turns both off (every batch on its own).
+        bound ``max_kl · n / r``. ``0`` turns both off (every batch on its own). Inputs
+        without a fixed per-sample shape (variable-length sequences) are not kept: their
+        small batches get only the smaller bound.
 
     Raises:
       ValueError: the optimizer is not (or does not wrap) a ``NaturalGradient``; a compiled

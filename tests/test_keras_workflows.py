@@ -404,3 +404,24 @@ def test_float64_model_trains(digits):
     history = model.fit(x, y, batch_size=64, epochs=2, verbose=0)
     assert history.history["accepted"] == [1.0, 1.0]
     assert history.history["loss"][1] < history.history["loss"][0]
+
+
+@pytest.mark.parametrize("reference", [128, 0])
+def test_small_batches_get_a_proportionally_smaller_kl_bound(digits, reference):
+    """Batches of 32 with ``reference_batch_size=128`` are bounded by ``max_kl · 32 / 128``;
+    with 0 each batch has the whole ``max_kl``. Steps land near their bound."""
+    x, y = digits
+    model = _digits_mlp(0)
+    model.compile(optimizer=natgrad.NaturalGradient(max_kl=0.01, damping=1e-2), loss=LOGITS_CE)
+    natgrad.enable_natural_gradient(model, reference_batch_size=reference)
+    history = model.fit(x[:256], y[:256], batch_size=32, epochs=1, verbose=0)
+    bound = 0.01 * 32 / 128 if reference else 0.01
+    assert 0.5 * bound < history.history["kl"][0] <= bound
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, None])
+def test_reference_batch_size_must_be_a_non_negative_integer(bad):
+    model = _digits_mlp(0)
+    model.compile(optimizer=natgrad.NaturalGradient(), loss=LOGITS_CE)
+    with pytest.raises(ValueError, match="reference_batch_size"):
+        natgrad.enable_natural_gradient(model, reference_batch_size=bad)
