@@ -162,9 +162,9 @@ class _StatelessForward:
                 variable.assign(value)
 
 
-def _call(model, x):
+def _call(model, x, training: bool = True):
     if getattr(model, "_call_has_training_arg", True):
-        return model(x, training=True)
+        return model(x, training=training)
     return model(x)
 
 
@@ -208,7 +208,7 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
     if not model.trainable_variables:
         # A subclassed model builds its layers on its first call; inference mode changes no
         # state (no BatchNorm update, no dropout seed drawn).
-        model(x, training=False) if getattr(model, "_call_has_training_arg", True) else model(x)
+        _call(model, x, training=False)
     forward = _StatelessForward(model)
 
     x_curvature = _leading_part(x, optimizer.curvature_batch_fraction)
