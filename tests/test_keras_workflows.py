@@ -98,7 +98,7 @@ def test_dropout_trains_as_well_as_adam(digits, rate):
         if name == "natural_gradient":
             natgrad.enable_natural_gradient(model)
         keras.utils.set_random_seed(1)
-        history = model.fit(x, y, epochs=3, validation_split=0.25, verbose=0)
+        history = model.fit(x, y, epochs=2, validation_split=0.25, verbose=0)
         val_loss[name] = history.history["val_loss"][-1]
     assert val_loss["natural_gradient"] <= val_loss["adam"], val_loss
 
