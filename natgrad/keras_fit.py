@@ -7,86 +7,79 @@ Keras 3's TensorFlow ``train_step`` computes gradients and hands the optimizer
 :meth:`NaturalGradient.minimize` on the batch, and keeps everything else of ``fit``
 (validation, callbacks, metrics, History) as Keras does it::
 
-    model.compile(optimizer=natgrad.NaturalGradient(), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=natgrad.NaturalGradient(max_kl=0.01),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     natgrad.enable_natural_gradient(model)   # the one added line
     model.fit(x, y, validation_split=0.2, epochs=10)
 
-The compiled loss decides the output distribution whose Fisher (equal here to the Gauss-Newton
-matrix of the loss) is used: see :func:`output_distribution_for_loss`.
+One step on a batch ``x`` of ``n`` samples, with ``r = reference_batch_size``:
+
+* **One model per step.** Every forward pass of the step (the loss and gradient, the
+  linearization for curvature products, each line-search trial) runs with the non-trainable
+  variables at their start-of-step values (``keras.StatelessScope``): dropout draws the same
+  masks and BatchNorm normalizes the same way in all of them, so the KL at ``θ₀`` is exactly 0
+  and the line search compares losses of one function. The non-trainable values produced by
+  the loss pass at ``θ₀`` (BatchNorm moving statistics, dropout seeds) are written back once,
+  accepted step or not, as Keras' own ``train_step`` does.
+* **Small batches.** Curvature products and the line search's KL are measured on the batch
+  topped up to ``r`` samples with recent training inputs (:mod:`natgrad.recent_inputs`), and
+  the KL bound is ``max_kl · min(1, n / r)``: the trust region constrains the model on more
+  than a handful of samples, and a noisy small-batch gradient moves it less. Batches of ``r``
+  samples or more are used exactly as before.
+* **Losses.** The compiled loss decides the output distribution whose Fisher (equal here to
+  the Gauss-Newton matrix of the loss) is used, summed over outputs with ``loss_weights``:
+  see :mod:`natgrad.keras_losses`.
+* **Logs.** ``kl``, ``accepted`` and ``line_search_tries`` are logged as epoch means next to
+  the loss and metrics. ``optimizer.iterations`` counts steps attempted, accepted or not.
 """
 
 from __future__ import annotations
 
-import functools
-import re
+import dataclasses
+import math
 
 import keras
 import tensorflow as tf
 
-from natgrad import distributions
-from natgrad.distributions import OutputDistribution
-from natgrad.optimizer import NaturalGradient
-
-_CATEGORICAL_NAMES = {
-    "categorical_crossentropy",
-    "sparse_categorical_crossentropy",
-}
-_BINARY_NAMES = {"binary_crossentropy"}
-_SQUARED_ERROR_NAMES = {"mse", "mean_squared_error"}
-SUPPORTED_LOSSES = (
-    "categorical_crossentropy",
-    "sparse_categorical_crossentropy",
-    "binary_crossentropy",
-    "mean_squared_error (mse)",
+from natgrad.keras_losses import (
+    SUPPORTED_LOSSES,
+    check_losses,
+    compiled_output_distribution,
+    output_distribution_for_loss,
+    output_losses,
 )
+from natgrad.optimizer import NaturalGradient
+from natgrad.recent_inputs import RecentInputs, top_up
+from natgrad.structure import as_tf_variables
+
+STEP_METRICS = ("kl", "accepted", "line_search_tries")
+_LOW_PRECISION = (tf.float16, tf.bfloat16)
 
 
-def _loss_name_and_logits(loss) -> tuple[str, bool]:
-    if isinstance(loss, str):
-        return loss, False
-    if isinstance(loss, keras.losses.Loss):
-        config = loss.get_config()
-        reduction = config.get("reduction", "sum_over_batch_size")
-        if reduction != "sum_over_batch_size":
-            raise ValueError(
-                f"NaturalGradient needs a loss averaged over the batch (reduction="
-                f"'sum_over_batch_size'); got reduction={reduction!r}"
-            )
-        name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(loss).__name__).lower()
-        return name, bool(config.get("from_logits", False))
-    name = getattr(loss, "__name__", type(loss).__name__)
-    return name, False
+def natural_gradient_of(optimizer) -> NaturalGradient | None:
+    """The :class:`NaturalGradient` a compiled optimizer is or wraps (``mixed_float16`` makes
+    ``compile`` wrap it in a ``LossScaleOptimizer``), else ``None``."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    return optimizer if isinstance(optimizer, NaturalGradient) else None
 
 
-def output_distribution_for_loss(loss) -> OutputDistribution:
-    """The output distribution whose KL and Fisher match a compiled Keras loss.
+@dataclasses.dataclass
+class FitState:
+    """What the installed ``train_step`` keeps between steps: the ring of recent inputs, the
+    reference batch size ``r`` and the epoch-mean trackers of :data:`STEP_METRICS`."""
 
-    (Sparse) categorical cross-entropy: categorical, from logits or probabilities; binary
-    cross-entropy: independent Bernoulli, from logits or probabilities; mean squared error:
-    squared error. For each, the output-space Fisher equals the expected Hessian of the loss
-    (and for logits and MSE its exact Hessian), so ``"fisher"`` and ``"gauss_newton"`` coincide.
+    recent: RecentInputs
+    reference_batch_size: int
+    trackers: dict
 
-    Raises:
-      ValueError: any other loss, naming the supported ones.
-    """
-    if isinstance(loss, (dict, list, tuple)):
-        raise ValueError(
-            "NaturalGradient with model.fit supports one output with one loss; got a "
-            f"{type(loss).__name__} of losses"
+    @classmethod
+    def create(cls, reference_batch_size: int) -> FitState:
+        return cls(
+            recent=RecentInputs(reference_batch_size),
+            reference_batch_size=reference_batch_size,
+            trackers={name: keras.metrics.Mean(name=name) for name in STEP_METRICS},
         )
-    name, from_logits = _loss_name_and_logits(loss)
-    if name in _CATEGORICAL_NAMES:
-        return distributions.CATEGORICAL if from_logits else distributions.CATEGORICAL_PROBS
-    if name in _BINARY_NAMES:
-        return distributions.BERNOULLI if from_logits else distributions.BERNOULLI_PROBS
-    if name in _SQUARED_ERROR_NAMES:
-        return distributions.SQUARED_ERROR
-    raise ValueError(
-        f"NaturalGradient cannot form a Fisher / Gauss-Newton product for the loss {name!r}; "
-        f"supported losses: {', '.join(SUPPORTED_LOSSES)} (as strings or keras.losses objects, "
-        "with or without from_logits). Use curvature='hessian' with a custom loop for others."
-    )
 
 
 def _leading_part(x, fraction: float):
@@ -97,74 +90,231 @@ def _leading_part(x, fraction: float):
     return tf.nest.map_structure(lambda t: t[:m], x)
 
 
-def _check_model(model: keras.Model) -> None:
-    if not isinstance(getattr(model, "optimizer", None), NaturalGradient):
+def _float32_outputs(outputs):
+    """Low-precision outputs (``mixed_float16``) in float32: the KL, the output-space Fisher
+    and CG run in float32 (variables are float32 under mixed precision)."""
+    return tf.nest.map_structure(
+        lambda z: tf.cast(z, tf.float32) if z.dtype in _LOW_PRECISION else z, outputs
+    )
+
+
+def _output_names(model) -> list | None:
+    names = getattr(model, "output_names", None)
+    return list(names) if names else None
+
+
+def _loss_weights(model):
+    compile_loss = getattr(model, "_compile_loss", None)
+    return getattr(compile_loss, "_user_loss_weights", None)
+
+
+def _check_model(model: keras.Model) -> NaturalGradient:
+    optimizer = natural_gradient_of(getattr(model, "optimizer", None))
+    if optimizer is None:
         raise ValueError(
             "enable_natural_gradient(model) needs model.compile(optimizer="
             "natgrad.NaturalGradient(...), ...) first; the model's optimizer is "
             f"{type(getattr(model, 'optimizer', None)).__name__}"
         )
-    if len(getattr(model, "outputs", None) or [None]) > 1:
-        raise ValueError("NaturalGradient with model.fit supports single-output models only")
-    output_distribution_for_loss(model.loss)
+    check_losses(model.loss)
+    outputs = getattr(model, "outputs", None)  # known for functional and Sequential models
+    if outputs:
+        structure = outputs if len(outputs) > 1 else outputs[0]
+        output_losses(model.loss, _loss_weights(model), structure, _output_names(model))
+    return optimizer
 
 
-def natural_gradient_train_step(model: keras.Model, data) -> dict:
+class _StatelessForward:
+    """Runs forward passes with the non-trainable variables read at fixed values.
+
+    ``run(fn)`` calls ``fn()`` in a ``keras.StatelessScope`` mapping each non-trainable
+    variable to its start-of-step value: nothing is written, and every call sees the same
+    dropout seeds and BatchNorm state. ``run(fn, keep=True)`` also keeps that pass's new
+    values (and the compiled loss's per-output metric updates) for :meth:`write_kept`.
+    """
+
+    def __init__(self, model: keras.Model):
+        self.trainable = list(model.trainable_variables)
+        self.variables = list(model.non_trainable_variables)
+        self.start = [tf.identity(v.value) for v in self.variables]
+        compile_loss = getattr(model, "_compile_loss", None)
+        self.metric_variables = list(getattr(compile_loss, "variables", None) or [])
+        self.kept: list = []
+
+    def run(self, fn, *, keep: bool = False):
+        # Trainable variables map to their current value, read here (inside the caller's
+        # tapes, so gradients and JVPs flow to them): Keras' weight regularizers look every
+        # trainable variable up in the scope.
+        mapping = [(v, t) for v, t in zip(self.trainable, as_tf_variables(self.trainable),
+                                          strict=True)]
+        mapping += list(zip(self.variables, self.start, strict=True))
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            result = fn()
+        if keep:
+            watched = self.variables + self.metric_variables
+            self.kept = [(v, scope.get_current_value(v)) for v in watched]
+        return result
+
+    def write_kept(self) -> None:
+        """Assigns, once, the values the kept pass produced (``None``: left unchanged)."""
+        for variable, value in self.kept:
+            if value is not None:
+                variable.assign(value)
+
+
+def _call(model, x, training: bool = True):
+    if getattr(model, "_call_has_training_arg", True):
+        return model(x, training=training)
+    return model(x)
+
+
+def _update_step_metrics(trackers: dict, stats: dict, epoch_start) -> dict:
+    """Updates the ``kl`` / ``accepted`` / ``line_search_tries`` epoch means; returns results.
+
+    Keras resets its metrics (``model.metrics``) at every epoch start; these trackers are not
+    among them (they would then appear, empty, in ``evaluate``'s logs), so they are reset when
+    ``epoch_start``: the loss tracker was empty before this step.
+    """
+    values = {
+        "kl": tf.where(tf.math.is_finite(stats["kl"]), stats["kl"], tf.zeros_like(stats["kl"])),
+        "accepted": stats["accepted"],
+        "line_search_tries": stats["line_search_tries"],
+    }
+    results = {}
+    for name, tracker in trackers.items():
+        for variable in tracker.variables:
+            variable.assign(tf.where(epoch_start, tf.zeros_like(variable.value), variable.value))
+        tracker.update_state(tf.cast(values[name], tf.float32))
+        results[name] = tracker.result()
+    return results
+
+
+def natural_gradient_train_step(model: keras.Model, data, state: FitState | None = None) -> dict:
     """One ``fit`` step: a :meth:`NaturalGradient.minimize` call on the batch ``data``.
 
-    The loss is the compiled loss (with regularization losses and sample weights); the
-    curvature and the trust-region KL come from the model outputs, in inference mode (no
-    dropout noise), on the leading ``curvature_batch_fraction`` of the batch. Metrics and the
-    loss tracker are updated with the predictions before the step, as Keras' own
-    ``train_step`` does.
+    The loss is the compiled loss (with regularization losses and sample weights) in training
+    mode. The curvature and the trust-region KL come from the model outputs, in training mode
+    with the same non-trainable state (see the module docstring), on the leading
+    ``curvature_batch_fraction`` of the batch topped up with recent inputs from ``state``.
+    Metrics and the loss tracker are updated with the predictions before the step, as Keras'
+    own ``train_step`` does. If the model was compiled again with another optimizer, this is
+    the model class's own ``train_step``.
     """
-    _check_model(model)
-    optimizer: NaturalGradient = model.optimizer
+    optimizer = natural_gradient_of(model.optimizer)
+    if optimizer is None:  # re-compiled with another optimizer: the hook steps aside
+        return type(model).train_step(model, data)
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    output_distribution = output_distribution_for_loss(model.loss)
+    n = tf.shape(tf.nest.flatten(x)[0])[0]
+    if not model.trainable_variables:
+        # A subclassed model builds its layers on its first call; inference mode changes no
+        # state (no BatchNorm update, no dropout seed drawn).
+        _call(model, x, training=False)
+    forward = _StatelessForward(model)
+
     x_curvature = _leading_part(x, optimizer.curvature_batch_fraction)
-    y_pred = model(x, training=True)
+    reference = state.reference_batch_size if state is not None else 0
+    recent = state.recent if reference > 0 and state.recent.supports(x) else None
+    if recent is not None:
+        target = max(1, math.ceil(optimizer.curvature_batch_fraction * reference))
+        x_curvature = top_up(x_curvature, recent, target)
+    max_kl = optimizer.max_kl
+    if max_kl is not None and reference > 0:  # also for inputs the ring cannot keep
+        share = tf.minimum(tf.constant(1.0, tf.float64), tf.cast(n, tf.float64) / reference)
+        max_kl = tf.constant(max_kl, tf.float64) * share
+
+    first_pass = {}
+    variable_dtype = tf.as_dtype(model.trainable_variables[0].dtype)
 
     def loss_fn():
-        return model._compute_loss(
-            x=x, y=y, y_pred=model(x, training=True), sample_weight=sample_weight, training=True
-        )
+        # minimize calls loss_fn first at θ₀: that pass's predictions feed the metrics and
+        # its new non-trainable values (BatchNorm statistics, dropout seeds) are written back.
+        def loss_pass():
+            y_pred = _call(model, x)
+            # Refuses, before Keras computes anything, losses that do not match the outputs.
+            output_losses(model.loss, _loss_weights(model), y_pred, _output_names(model))
+            loss = model._compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            return y_pred, loss
+
+        y_pred, loss = forward.run(loss_pass, keep=not first_pass)
+        first_pass.setdefault("y_pred", y_pred)
+        # In the variables' dtype: Keras computes losses in floatx (float32) for a float64
+        # model, and in float32 under mixed precision (float32 variables) already.
+        return tf.cast(loss, variable_dtype)
+
+    def outputs_fn():
+        return _float32_outputs(forward.run(lambda: _call(model, x_curvature)))
 
     stats = optimizer.minimize(
         loss_fn,
         model.trainable_variables,
-        # Inference mode: dropout would draw new masks on every call, so the KL would not be
-        # 0 at the start and the line search's KL test would measure noise.
-        outputs_fn=lambda: model(x_curvature, training=False),
-        output_distribution=output_distribution,
+        outputs_fn=outputs_fn,
+        output_distribution=compiled_output_distribution(
+            model.loss, _loss_weights(model), _output_names(model)
+        ),
+        max_kl=max_kl,
     )
-    model._loss_tracker.update_state(
-        stats["loss_before"], sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
-    )
-    return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    forward.write_kept()
+    if recent is not None:
+        # A batch whose loss is not finite (NaN inputs) would poison later curvature: skipped.
+        recent.add(x, enabled=tf.math.is_finite(stats["loss_before"]))
+    epoch_start = tf.equal(tf.convert_to_tensor(model._loss_tracker.count), 0.0)
+    model._loss_tracker.update_state(stats["loss_before"], sample_weight=n)
+    logs = model.compute_metrics(x, y, first_pass["y_pred"], sample_weight=sample_weight)
+    if state is not None:
+        logs.update(_update_step_metrics(state.trackers, stats, epoch_start))
+    return logs
 
 
-def enable_natural_gradient(model: keras.Model) -> keras.Model:
+def enable_natural_gradient(model: keras.Model, *, reference_batch_size: int = 128) -> keras.Model:
     """Makes ``model.fit`` take :class:`NaturalGradient` steps; returns ``model``.
 
     Call it after ``model.compile(optimizer=natgrad.NaturalGradient(...), loss=...)``. It
     installs :func:`natural_gradient_train_step` as this model's ``train_step`` (evaluation,
     prediction, saving and loading are unchanged). A loaded model needs the call again before
-    it trains further.
+    it trains further. Compiling again with another optimizer makes ``fit`` use that optimizer
+    (the hook steps aside while ``model.optimizer`` is not a ``NaturalGradient``).
+
+    Args:
+      model: a compiled Keras model.
+      reference_batch_size: ``r``, default 128. Curvature and the trust-region KL are measured
+        on at least ``r`` samples (a smaller batch is topped up with the most recent training
+        inputs, kept in a ring of ``r`` rows), and a batch of ``n < r`` samples gets the KL
+        bound ``max_kl · n / r``. ``0`` turns both off (every batch on its own). Inputs
+        without a fixed per-sample shape (variable-length sequences) are not kept: their
+        small batches get only the smaller bound.
 
     Raises:
-      ValueError: the optimizer is not a ``NaturalGradient``, the model has several outputs,
-        or the compiled loss has no supported Fisher (the message lists the supported losses).
+      ValueError: the optimizer is not (or does not wrap) a ``NaturalGradient``; a compiled
+        loss has no supported Fisher (the message lists the supported losses) or is not a
+        batch mean; the losses do not match the model's outputs (one loss per output).
     """
+    if (
+        not isinstance(reference_batch_size, int)
+        or isinstance(reference_batch_size, bool)
+        or reference_batch_size < 0
+    ):
+        raise ValueError(
+            f"reference_batch_size must be an integer >= 0; got {reference_batch_size!r}"
+        )
     _check_model(model)
-    model.train_step = functools.partial(natural_gradient_train_step, model)
+    state = FitState.create(reference_batch_size)
+
+    def train_step(data):
+        return natural_gradient_train_step(model, data, state)
+
+    model.train_step = train_step
     model.train_function = None  # rebuilt with the new train_step on the next fit()
     return model
 
 
 __all__ = [
+    "STEP_METRICS",
     "SUPPORTED_LOSSES",
+    "FitState",
     "enable_natural_gradient",
+    "natural_gradient_of",
     "natural_gradient_train_step",
     "output_distribution_for_loss",
 ]

@@ -276,6 +276,7 @@ class NaturalGradient(keras.optimizers.Optimizer):
         outputs_fn: Callable[[], object] | None = None,
         output_distribution: OutputDistribution | None = None,
         curvature_vector_product: Callable | None = None,
+        max_kl=None,
         replica_weight=None,
     ) -> dict[str, tf.Tensor]:
         """Takes one natural-gradient step on ``loss_fn`` and returns its statistics.
@@ -290,9 +291,16 @@ class NaturalGradient(keras.optimizers.Optimizer):
             distribution they parameterize (e.g. ``natgrad.distributions.CATEGORICAL``). Give
             the fast Gauss-Newton form of the Fisher and, if ``kl_fn`` is omitted, the KL.
           curvature_vector_product: optional ``v -> C v`` overriding the above.
+          max_kl: optional trust-region radius for this step only (a number or a scalar
+            tensor), instead of the optimizer's ``max_kl``; ignored when that is ``None``.
+            ``model.fit`` uses it to shrink the bound on small batches.
           replica_weight: under ``tf.distribute``, this replica's share of the global batch
             (its local batch size) for the replica averages; ``None`` weighs replicas
             equally, exact for equal shards. See :mod:`natgrad.distribute`.
+
+        ``loss_fn`` is called first at the start variables ``θ₀`` (for ``loss_before``), then
+        at the line search's trial points. ``iterations`` counts calls (steps attempted,
+        accepted or not), as the step counter of learning-rate schedules and callbacks.
 
         Returns:
           dict of scalar tensors: ``loss_before``, ``loss_after``, ``kl`` (NaN when no KL is
@@ -312,10 +320,12 @@ class NaturalGradient(keras.optimizers.Optimizer):
         check_strategy()
         mean = ReplicaMean(replica_context(), replica_weight)
         variables = check_variables(var_list)
+        if self.max_kl is None or max_kl is None:
+            max_kl = self.max_kl
         can_measure_kl = kl_fn is not None or (
             outputs_fn is not None and output_distribution is not None
         )
-        if self.max_kl is not None and not can_measure_kl:
+        if max_kl is not None and not can_measure_kl:
             raise ValueError(
                 "max_kl is set, so the line search must measure the KL: pass kl_fn, or "
                 "outputs_fn and output_distribution"
@@ -372,8 +382,8 @@ class NaturalGradient(keras.optimizers.Optimizer):
         )
         direction = solve.x
         learning_rate = tf.cast(self.learning_rate, dtype)
-        if self.max_kl is not None:
-            beta, size_ok = trust_region_step_size(self.max_kl, solve.x_dot_ax)
+        if max_kl is not None:
+            beta, size_ok = trust_region_step_size(max_kl, solve.x_dot_ax)
             scale = learning_rate * beta
         else:
             scale, size_ok = learning_rate, tf.constant(True)
@@ -390,7 +400,7 @@ class NaturalGradient(keras.optimizers.Optimizer):
             step,
             evaluate,
             loss_before=loss_before,
-            max_kl=self.max_kl,
+            max_kl=max_kl,
             shrink=self.line_search_shrink,
             max_tries=self.line_search_max_tries,
             enabled=valid,

@@ -140,6 +140,14 @@ def all_finite(*structures) -> tf.Tensor:
 
 
 def zeros_if_none(tensors: Sequence, variables: Sequence) -> list[tf.Tensor]:
-    """Replaces ``None`` gradients (variables ``fn`` does not use) with zeros."""
-    return [tf.zeros(v.shape, dtype=v.dtype) if t is None else t
-            for t, v in zip(tensors, variables, strict=True)]
+    """Dense gradients: zeros for ``None`` (variables ``fn`` does not use), and
+    ``tf.IndexedSlices`` (the gradient of a gather, e.g. an ``Embedding`` table) made dense.
+
+    Every curvature product differentiates gradients again or adds them up; TensorFlow does
+    neither with ``IndexedSlices`` (``AttributeError: 'IndexedSlices' object has no attribute
+    '_id'``), and a curvature-vector product is dense in any case.
+    """
+    return [
+        tf.zeros(v.shape, dtype=v.dtype) if t is None else tf.convert_to_tensor(t)
+        for t, v in zip(tensors, variables, strict=True)
+    ]

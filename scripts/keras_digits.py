@@ -8,9 +8,10 @@ building each model), with the same batch size and the same shuffling seed:
 
 * ``NaturalGradient``: ``natgrad.NaturalGradient`` plus ``natgrad.enable_natural_gradient``;
   Fisher curvature (the Gauss-Newton form), CG, a KL trust region (``max_kl``) with a
-  backtracking line search, 10 CG iterations, fixed damping. The defaults ``max_kl=0.01``,
-  ``damping=1e-2`` were tuned on this split (seed 0) by a sweep of ``max_kl`` in {0.003, 0.01,
-  0.03, 0.1} x ``damping`` in {1e-4, 1e-3, 1e-2}, batch 128; epochs to 97% (2 CPU cores)::
+  backtracking line search, 10 CG iterations, fixed damping. The defaults were first
+  ``max_kl=0.01``, ``damping=1e-2``, tuned on this split (seed 0) by a sweep of ``max_kl`` in
+  {0.003, 0.01, 0.03, 0.1} x ``damping`` in {1e-4, 1e-3, 1e-2}, batch 128; epochs to 97% (2 CPU
+  cores)::
 
       max_kl \ damping   1e-4  1e-3  1e-2
       0.003                11    10     7
@@ -18,8 +19,22 @@ building each model), with the same batch size and the same shuffling seed:
       0.03                 21     5    18
       0.1                  27    14    17
 
-  (``adaptive_damping=True`` from 1e-3 at ``max_kl=0.01``: 7.) Adam is not tuned beyond its
-  default; ``--adam-lr`` lets one try.
+  (``adaptive_damping=True`` from 1e-3 at ``max_kl=0.01``: 7.) Since issue 8, ``fit`` tops
+  batches smaller than ``reference_batch_size`` (128) up with recent inputs for the curvature
+  and shrinks their KL bound by ``n / 128``; at ``fit``'s default batch size 32 the settings
+  above never reached 97% in 22 epochs (validation accuracy stuck at 96.0-96.4%), so the default
+  damping is now ``3e-2``, the best for both batch sizes of this sweep (epochs to 97%, seed 0)::
+
+      max_kl, damping    batch 32   batch 128
+      0.01, 1e-2           > 22         5
+      0.01, 3e-2              7         6
+      0.01, 5e-2              7         -
+      0.01, 1e-1              9         -
+      0.02, 3e-2              6         6
+
+  (``reference_batch_size=0``, every batch on its own, at batch 32: > 22 epochs at damping
+  1e-2 with ``max_kl`` 0.01 or 0.003.) Adam is not tuned beyond its default; ``--adam-lr``
+  lets one try.
 * ``Adam``: ``keras.optimizers.Adam`` at its default learning rate ``1e-3`` (``--adam-lr``).
 
 A callback records, after every epoch, the training loss, the validation loss and accuracy,
@@ -36,6 +51,9 @@ time Adam ran.
 Usage::
 
     python scripts/keras_digits.py                       # < 1 min on 2 CPU cores
+    python scripts/keras_digits.py --batch-size 32 \
+        --out-json bench_results/keras_digits_batch32.json \
+        --out-png bench_results/keras_digits_batch32.png
     python scripts/keras_digits.py --full --max-epochs 150
     python scripts/keras_digits.py --adam-lr 3e-3 --out-json /tmp/d.json --out-png /tmp/d.png
 """
@@ -134,7 +152,7 @@ def train(name: str, optimizer, data, args) -> dict:
         metrics=["accuracy"],
     )
     if isinstance(optimizer, natgrad.NaturalGradient):
-        natgrad.enable_natural_gradient(model)
+        natgrad.enable_natural_gradient(model, reference_batch_size=args.reference_batch_size)
     recorder = EpochRecorder(args.target, args.extra_epochs, args.full)
     keras.utils.set_random_seed(args.seed)  # same shuffling for both runs
     model.fit(
@@ -236,9 +254,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adam-lr", type=float, default=1e-3)
     p.add_argument("--max-kl", type=float, default=0.01)
-    p.add_argument("--damping", type=float, default=1e-2)
+    p.add_argument("--damping", type=float, default=3e-2)
     p.add_argument("--adaptive-damping", action="store_true")
     p.add_argument("--cg-iters", type=int, default=10)
+    p.add_argument("--reference-batch-size", type=int, default=128,
+                   help="enable_natural_gradient's reference_batch_size")
     p.add_argument("--out-json", type=Path, default=Path("bench_results/keras_digits.json"))
     p.add_argument("--out-png", type=Path, default=Path("bench_results/keras_digits.png"))
     return p.parse_args(argv)

@@ -67,7 +67,9 @@ def test_fit_lowers_loss_every_epoch_with_callbacks(tmp_path):
             keras.callbacks.TensorBoard(log_dir=str(logs)),
         ],
     )
-    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(history.history) == {
+        "loss", "accuracy", "val_loss", "val_accuracy", "kl", "accepted", "line_search_tries"
+    }
     losses = history.history["loss"]
     assert len(losses) == 5
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
