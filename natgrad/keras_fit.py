@@ -41,6 +41,7 @@ import math
 import keras
 import tensorflow as tf
 
+from natgrad.distribute import check_strategy, replica_context
 from natgrad.keras_losses import (
     SUPPORTED_LOSSES,
     check_losses,
@@ -205,6 +206,12 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
         return type(model).train_step(model, data)
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     n = tf.shape(tf.nest.flatten(x)[0])[0]
+    # Under tf.distribute (fit in a strategy's scope) this runs once per replica on its shard:
+    # minimize averages over the replicas, weighted by shard size, and Keras' losses come
+    # scaled by 1 / replicas, which the loss undoes (natgrad.distribute).
+    context = replica_context()
+    replicas = 1 if context is None else context.num_replicas_in_sync
+    n_global = n if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, n)
     if not model.trainable_variables:
         # A subclassed model builds its layers on its first call; inference mode changes no
         # state (no BatchNorm update, no dropout seed drawn).
@@ -213,13 +220,16 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
 
     x_curvature = _leading_part(x, optimizer.curvature_batch_fraction)
     reference = state.reference_batch_size if state is not None else 0
-    recent = state.recent if reference > 0 and state.recent.supports(x) else None
+    # Under a strategy each replica would keep its own ring: not yet; the bound still shrinks.
+    recent = (state.recent if reference > 0 and context is None and state.recent.supports(x)
+              else None)
     if recent is not None:
         target = max(1, math.ceil(optimizer.curvature_batch_fraction * reference))
         x_curvature = top_up(x_curvature, recent, target)
     max_kl = optimizer.max_kl
     if max_kl is not None and reference > 0:  # also for inputs the ring cannot keep
-        share = tf.minimum(tf.constant(1.0, tf.float64), tf.cast(n, tf.float64) / reference)
+        share = tf.minimum(tf.constant(1.0, tf.float64),
+                           tf.cast(n_global, tf.float64) / reference)
         max_kl = tf.constant(max_kl, tf.float64) * share
 
     first_pass = {}
@@ -241,7 +251,7 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
         first_pass.setdefault("y_pred", y_pred)
         # In the variables' dtype: Keras computes losses in floatx (float32) for a float64
         # model, and in float32 under mixed precision (float32 variables) already.
-        return tf.cast(loss, variable_dtype)
+        return tf.cast(loss, variable_dtype) * replicas
 
     def outputs_fn():
         return _float32_outputs(forward.run(lambda: _call(model, x_curvature)))
@@ -254,6 +264,7 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
             model.loss, _loss_weights(model), _output_names(model)
         ),
         max_kl=max_kl,
+        replica_weight=None if context is None else n,
     )
     forward.write_kept()
     if recent is not None:
@@ -288,7 +299,9 @@ def enable_natural_gradient(model: keras.Model, *, reference_batch_size: int = 1
     Raises:
       ValueError: the optimizer is not (or does not wrap) a ``NaturalGradient``; a compiled
         loss has no supported Fisher (the message lists the supported losses) or is not a
-        batch mean; the losses do not match the model's outputs (one loss per output).
+        batch mean; the losses do not match the model's outputs (one loss per output); the
+        model lives in a ``tf.distribute`` strategy other than ``MirroredStrategy`` or
+        ``MultiWorkerMirroredStrategy`` (see :mod:`natgrad.distribute`).
     """
     if (
         not isinstance(reference_batch_size, int)
@@ -299,6 +312,7 @@ def enable_natural_gradient(model: keras.Model, *, reference_batch_size: int = 1
             f"reference_batch_size must be an integer >= 0; got {reference_batch_size!r}"
         )
     _check_model(model)
+    check_strategy(model.distribute_strategy)
     state = FitState.create(reference_batch_size)
 
     def train_step(data):

@@ -43,9 +43,9 @@ def single_device():
     return toy.single_device_run(STEPS)
 
 
-def test_mirrored_step_equals_the_single_device_step(single_device):
-    done = subprocess.run([sys.executable, str(SCRIPTS / "mirrored_minimize.py"), str(STEPS)],
-                          capture_output=True, text=True, timeout=120)
+def test_mirrored_step_and_fit_epoch_equal_the_single_device_ones(single_device):
+    done = subprocess.run([sys.executable, str(SCRIPTS / "mirrored.py"), str(STEPS)],
+                          capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     result = _json_line(done.stdout)
     weights, losses = single_device
@@ -55,6 +55,16 @@ def test_mirrored_step_equals_the_single_device_step(single_device):
         assert _relative_error(first, reference) <= 1e-5
     for replica_losses, loss in zip(result["losses"], losses, strict=True):
         assert replica_losses == pytest.approx([loss, loss], rel=1e-12)
+
+    model = toy.compiled_classifier()
+    history = model.fit(*toy.fit_data(), batch_size=toy.FIT_BATCH, epochs=1, shuffle=False,
+                        verbose=0)
+    for copies, reference in zip(result["fit_copies"], model.trainable_variables, strict=True):
+        first, second = (np.asarray(c) for c in copies)
+        np.testing.assert_array_equal(first, second)
+        assert _relative_error(first, reference.numpy()) <= 1e-5
+    for key in ("loss", "accuracy", "kl", "accepted"):
+        assert result["fit_history"][key] == pytest.approx(history.history[key], rel=1e-5), key
 
 
 def test_two_workers_match_one_process_and_trpo_workers_stay_identical(single_device, tmp_path):

@@ -12,6 +12,7 @@ import tensorflow as tf
 import natgrad
 
 N, DIM, CLASSES = 64, 4, 3
+FIT_N, FIT_BATCH = 512, 128  # fit: whole batches of the reference size (no ring top-up)
 
 
 def data() -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +41,20 @@ def step_fn(model, optimizer):
                                   output_distribution=natgrad.distributions.CATEGORICAL)
 
     return step
+
+
+def fit_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(FIT_N, DIM))
+    return x, (x[:, 0] + 0.5 * x[:, 1] > 0).astype("int32") + (x[:, 2] > 1).astype("int32")
+
+
+def compiled_classifier():
+    """The toy classifier compiled for ``fit`` with NaturalGradient and the hook."""
+    model, optimizer = model_and_optimizer()
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), metrics=["accuracy"])
+    return natgrad.enable_natural_gradient(model)
 
 
 def distributed_step(strategy):

@@ -1,5 +1,11 @@
-"""Fresh process: ``minimize`` steps under MirroredStrategy on two logical CPU devices, each
-replica on half the batch. Prints JSON: every replica's copy of every weight, and the losses."""
+"""Fresh process, two logical CPU devices, MirroredStrategy, each replica on half the batch:
+
+1. ``minimize`` steps of the toy problem;
+2. one ``model.fit`` epoch of the toy classifier with the ``enable_natural_gradient`` hook.
+
+Prints JSON: every replica's copy of every weight after each part, the step losses, and the
+epoch's logged loss.
+"""
 
 import json
 import os
@@ -27,8 +33,21 @@ def shard(array):
 
 
 stats = [distributed(shard(x), shard(y)) for _ in range(steps)]
+
+with strategy.scope():
+    fit_model = toy.compiled_classifier()
+history = fit_model.fit(*toy.fit_data(), batch_size=toy.FIT_BATCH, epochs=1, shuffle=False,
+                        verbose=0)
+
+
+def copies(variables):
+    return [[c.numpy().tolist() for c in w.value.values] for w in variables]
+
+
 print(json.dumps({
-    "copies": [[c.numpy().tolist() for c in w.value.values] for w in model.trainable_variables],
+    "copies": copies(model.trainable_variables),
     "losses": [[float(v) for v in strategy.experimental_local_results(s["loss_before"])]
                for s in stats],
+    "fit_copies": copies(fit_model.trainable_variables),
+    "fit_history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
 }))
