@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -123,6 +124,11 @@ def test_unsupported_strategies_are_refused_before_any_work():
         toy.step_fn(model, optimizer)(tf.constant(x), tf.constant(y))
     for w, b in zip(model.trainable_variables, before, strict=True):
         np.testing.assert_array_equal(w.numpy(), b)
+    with strategy.scope():
+        fit_model = keras.Sequential([keras.Input((toy.DIM,)), keras.layers.Dense(3)])
+        fit_model.compile(optimizer=natgrad.NaturalGradient(), loss="mse")
+    with pytest.raises(ValueError, match="CentralStorageStrategy"):
+        natgrad.enable_natural_gradient(fit_model)
     check_strategy(tf.distribute.OneDeviceStrategy("/cpu:0"))
     check_strategy(tf.distribute.get_strategy())
     assert natgrad.NaturalGradient  # the public optimizer is what the toy uses
