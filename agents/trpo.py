@@ -58,7 +58,7 @@ from agents.rollout import (
 from agents.run_dir import RunDirError, RunLock, claim_run_dir, read_run_config, select_checkpoint
 from agents.stop_signals import StopSignals, TrainingInterrupted
 from agents.update import make_update_fn
-from agents.workers import worker_position
+from agents.workers import check_same_start, worker_position
 
 log = logging.getLogger("agents")
 
@@ -174,6 +174,8 @@ class TRPO:
         lock = RunLock(self.run_dir) if writes else contextlib.nullcontext()
         with lock, StopSignals() as stop:
             self._claim_run_dir()
+            if self.num_workers > 1:
+                check_same_start(self.strategy, self.updates)
             worker = self._ensure_worker()
             logger = ProgressLogger(self.run_dir if writes else None)
             bar = tqdm(total=total, initial=min(self.num_timesteps, total), unit="step",

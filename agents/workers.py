@@ -67,6 +67,29 @@ def worker_position(strategy) -> tuple[int, int]:
     return int(resolver.task_id), int(strategy.num_replicas_in_sync)
 
 
+def all_reduce(strategy, value: float, op: str) -> float:
+    """``value`` reduced (``"SUM"`` or ``"MEAN"``) over every worker: a collective, so also a
+    barrier (each worker returns once all have called it)."""
+    import tensorflow as tf
+
+    def reduce():
+        context = tf.distribute.get_replica_context()
+        return context.all_reduce(op, tf.constant(float(value), tf.float64))
+
+    result = tf.function(lambda: strategy.run(reduce))()
+    return float(strategy.experimental_local_results(result)[0])
+
+
+def check_same_start(strategy, updates: int) -> None:
+    """Raises ``RuntimeError`` unless every worker starts training at ``updates`` updates
+    (a worker that loaded an older checkpoint would wait forever in a collective)."""
+    mean = all_reduce(strategy, updates, "MEAN")
+    if all_reduce(strategy, (updates - mean) ** 2, "SUM") != 0.0:  # exact for such integers
+        raise RuntimeError(f"the workers start from different updates (this one {updates}, "
+                           f"their mean {mean:g}): the run directory changed while they "
+                           "loaded it; start them again")
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports free on 127.0.0.1 right now."""
     sockets = [socket.socket() for _ in range(count)]

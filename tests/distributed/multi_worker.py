@@ -3,22 +3,20 @@ caller). In one process, to pay for TensorFlow's start and the cluster's set-up 
 
 1. ``minimize`` steps of the toy problem on this worker's half of the batch;
 2. a short TRPO run on CartPole into ``RUN_DIR`` (argv[1]; the chief writes it), each worker
-   stepping its own envs.
+   stepping its own envs; then ``TRPO.resume`` of that run for two more updates.
 
-Prints JSON: this worker's toy weights and losses, and its TRPO weights and counters.
+Prints JSON: this worker's toy weights and losses, and its TRPO weights and counters before
+and after the resume.
 """
 
 import json
 import os
 import sys
-import time
-
-START = time.perf_counter()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(__file__))
 
-from agents.workers import strategy_from_environment  # noqa: E402
+from agents.workers import all_reduce, strategy_from_environment  # noqa: E402
 
 strategy = strategy_from_environment()
 
@@ -38,19 +36,27 @@ x, y = toy.data()
 half = len(x) // 2
 xs, ys = tf.constant(x[half * worker:][:half]), tf.constant(y[half * worker:][:half])
 stats = [distributed(xs, ys) for _ in range(STEPS)]
-print(f"toy done {time.perf_counter() - START:.1f} s", file=sys.stderr)
 
 agent = TRPO("CartPole-v1", run_dir=sys.argv[1], strategy=strategy, **TRPO_SETTINGS)
-print(f"agent built {time.perf_counter() - START:.1f} s", file=sys.stderr)
 agent.learn(UPDATES * agent.config.batch_size * agent.num_workers)
-print(f"learned {time.perf_counter() - START:.1f} s", file=sys.stderr)
+all_reduce(strategy, 0, "SUM")  # a barrier: the chief has written its last checkpoint
+resumed = TRPO.resume(sys.argv[1], strategy=strategy)
+resumed.learn((UPDATES + 2) * agent.config.batch_size * agent.num_workers)
+
+
+def weights(trpo):
+    return [v.numpy().tolist() for v in (*trpo.policy.trainable_variables,
+                                         *trpo.value.trainable_variables)]
+
 print(json.dumps({
     "worker": worker,
     "toy_weights": [w.numpy().tolist() for w in model.trainable_variables],
     "toy_losses": [float(strategy.experimental_local_results(s["loss_before"])[0])
                    for s in stats],
-    "trpo_weights": [v.numpy().tolist() for v in (*agent.policy.trainable_variables,
-                                                  *agent.value.trainable_variables)],
+    "trpo_weights": weights(agent),
     "num_timesteps": agent.num_timesteps,
     "kl": [row["kl"] for row in agent.history],
+    "resumed_from": resumed.history[UPDATES - 1]["env_steps"],
+    "resumed_weights": weights(resumed),
+    "resumed_timesteps": resumed.num_timesteps,
 }))

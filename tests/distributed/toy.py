@@ -25,7 +25,8 @@ def model_and_optimizer():
     model = keras.Sequential([keras.Input((DIM,), dtype="float64"),
                               keras.layers.Dense(8, activation="tanh", dtype="float64"),
                               keras.layers.Dense(CLASSES, dtype="float64")])
-    return model, natgrad.NaturalGradient(max_kl=0.01, damping=1e-3, cg_iters=10)
+    return model, natgrad.NaturalGradient(max_kl=0.01, damping=1e-3, cg_iters=6,
+                                          line_search_max_tries=5)
 
 
 def step_fn(model, optimizer):
