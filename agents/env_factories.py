@@ -8,9 +8,10 @@ them, and a small pixel task for showing learning from images on a CPU.
 * ``MiniGrid-*`` (``pip install -e ".[minigrid]"``): the ``Dict`` observation without its
   ``mission`` text (constant per env id, and a ``Text`` space no network here takes):
   ``{"direction": Discrete(4), "image": Box(0, 255, (7, 7, 3), uint8)}``.
-* ``natgrad/PixelCartPole-v1``: CartPole-v1 seen only through ``render()``: the green channel
-  of the 400×600 frame averaged over 10×10 blocks to ``(40, 60)`` uint8, the last 2 frames
-  stacked, ``(2, 40, 60)``. Rewards and episode ends are CartPole-v1's.
+* ``natgrad/PixelCartPole-v1``: CartPole-v1 seen only through ``render()``: the scene drawn at
+  160×240 (CartPole's own renderer, at 2/5 of its 400×600 size), its green channel averaged
+  over 4×4 blocks to ``(40, 60)`` uint8, the last 2 frames stacked: ``(2, 40, 60)``. Rewards
+  and episode ends are CartPole-v1's.
 
 Every other id is ``gymnasium.make(id)`` unchanged. Nothing here imports TensorFlow.
 """
@@ -93,8 +94,9 @@ def make_pixel_cartpole(render_mode=None, **kwargs) -> gym.Env:
     from gymnasium.wrappers import FrameStackObservation
 
     env = gym.make("CartPole-v1", render_mode="rgb_array", **kwargs)
+    env.unwrapped.screen_width, env.unwrapped.screen_height = 240, 160  # drawn at 2/5 size
     env.reset(seed=0)  # the first render needs a state
-    return FrameStackObservation(PixelObservation(env), 2)
+    return FrameStackObservation(PixelObservation(env, block=4), 2)
 
 
 if PIXEL_CARTPOLE_ID not in gym.registry:
