@@ -43,7 +43,7 @@ def build_trunk(encoder: ObservationEncoder, out_dim: int, *, hidden: tuple, act
                 output_gain: float, rng: np.random.Generator, name: str) -> keras.Model:
     """``encoded observations -> z [N, out_dim]``; see the module docstring."""
     specs = encoder.leaf_specs()
-    inputs = {key: keras.Input(shape, dtype=np.dtype(dtype).name, name=key.replace(":", "_"))
+    inputs = {key: keras.Input(shape, dtype=np.dtype(dtype).name, name=key)
               for key, (shape, dtype) in sorted(specs.items())}
     features = []
     for key, tensor in inputs.items():
@@ -54,7 +54,7 @@ def build_trunk(encoder: ObservationEncoder, out_dim: int, *, hidden: tuple, act
                                        name=f"{name}_mlp{i}")(x)
             features.append(x)
         else:
-            features.append(nature_cnn(tensor, f"{name}_{key.replace(':', '_')}"))
+            features.append(nature_cnn(tensor, f"{name}_{key}"))
     x = features[0] if len(features) == 1 else keras.layers.Concatenate()(features)
     z = keras.layers.Dense(out_dim, name=f"{name}_out")(x)
     model = keras.Model(inputs, z, name=name)

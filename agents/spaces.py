@@ -6,7 +6,7 @@ Observations (:class:`ObservationEncoder`) become one of two structures, per bat
   image smaller than ``MIN_IMAGE_SIZE``, a grid) flattened; ``Discrete(n)`` one-hot ``[n]``;
   ``MultiDiscrete`` one-hot per component, concatenated; ``MultiBinary`` as 0/1; a ``Dict`` of
   these concatenated in key order. Such an agent keeps the MLP policies with NumPy rollouts.
-* **with images**: a dict ``{"vector": [N, D] float32 (if any), "image:<key>": [N, H, W, C]
+* **with images**: a dict ``{"vector": [N, D] float32 (if any), "image_<key>": [N, H, W, C]
   uint8}``. An image is a ``uint8`` ``Box`` of shape ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)``
   (``C ≤ 4``, as frame stacking gives) with ``H, W ≥ MIN_IMAGE_SIZE``; it reaches the network
   as raw ``uint8`` HWC (the model scales it by 1/255). The top-level image key is ``"pixels"``.
@@ -106,7 +106,7 @@ class ObservationEncoder:
             where = "" if key is None else f" (the Dict entry {key!r})"
             layout = _image_layout(sub)
             if layout is not None:
-                name = TOP_IMAGE_KEY if key is None else f"image:{key}"
+                name = TOP_IMAGE_KEY if key is None else f"image_{key}"
                 self._image_parts.append((key, name, layout))
                 shape = sub.shape
                 self.image_shapes[name] = {"hw": (*shape, 1), "hwc": tuple(shape),

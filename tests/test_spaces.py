@@ -59,7 +59,7 @@ def test_normalization_touches_the_vector_part_only():
     rms = RunningMeanStd((2,))
     rms.update(encoder.vector_part(raw))
     got = encoder.encode(raw, rms)
-    np.testing.assert_array_equal(got["image:cam"], raw["cam"])
+    np.testing.assert_array_equal(got["image_cam"], raw["cam"])
     np.testing.assert_allclose(got["vector"], (raw["v"] - raw["v"].mean(0)) / raw["v"].std(0),
                                rtol=1e-3, atol=1e-3)
 

@@ -57,7 +57,7 @@ def image_dict_agent(tmp_path_factory):
 
 def test_image_and_vector_dict_learns_the_known_optimum(image_dict_agent):
     agent, _ = image_dict_agent
-    assert set(agent.encoder.image_shapes) == {"image:camera"}
+    assert set(agent.encoder.image_shapes) == {"image_camera"}
     assert agent.obs_rms.mean.shape == (1,)  # normalization sees the vector part only
     for c in range(4):
         np.testing.assert_array_equal(
