@@ -241,6 +241,9 @@ def _store(buffer, index, value) -> None:
 
 def _check_obs(name: str, raw_obs, first_step: int, n_envs: int) -> None:
     """:func:`check_finite` on every floating leaf of a raw observation batch."""
+    if not isinstance(raw_obs, dict):
+        check_finite(name, raw_obs, first_step, n_envs)
+        return
     for key, leaf in obs_leaves(raw_obs):
         leaf = np.asarray(leaf)
         if leaf.dtype.kind == "f":

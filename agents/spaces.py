@@ -118,6 +118,8 @@ class ObservationEncoder:
                 raise _unsupported("observation", sub, where)
         self.vector_dim = sum(_vector_size(s) for _, s in self._vector_parts)
         self.has_images = bool(self._image_parts)
+        # A 1-D Box (the common case) skips the general path: rollouts call this every step.
+        self._plain = isinstance(space, gym.spaces.Box) and len(space.shape) == 1
 
     # Structure -----------------------------------------------------------------------------
 
@@ -144,6 +146,8 @@ class ObservationEncoder:
 
     def vector_part(self, raw) -> np.ndarray | None:
         """The vector features of a raw batch, float64 ``[N, D]`` (before normalization)."""
+        if self._plain:
+            return np.asarray(raw, np.float64)
         if not self._vector_parts:
             return None
         features = []
@@ -161,6 +165,8 @@ class ObservationEncoder:
 
     def encode(self, raw, obs_rms=None):
         """The networks' input for a raw batch (vector part standardized by ``obs_rms``)."""
+        if self._plain:
+            return np.asarray(raw, np.float32) if obs_rms is None else obs_rms.normalize(raw)
         vector = self.vector_part(raw)
         if vector is not None:
             vector = (vector.astype(np.float32) if obs_rms is None

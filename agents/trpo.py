@@ -2,7 +2,8 @@
 
 One update (:meth:`TRPO._update`) follows Algorithm 1 of the paper:
 
-1. **Collect** ``n_envs × n_steps`` transitions with the current policy (NumPy forward passes).
+1. **Collect** ``n_envs × n_steps`` transitions with the current policy (NumPy forward passes;
+   a compiled ``tf.function`` for image observations). Spaces: :mod:`agents.spaces`.
 2. **Advantages** by GAE, bootstrapping ``V(final_obs)`` at time-limit truncations; standardized.
 3. **Policy step** with :meth:`natgrad.NaturalGradient.minimize` on the surrogate
    ``L(θ) = −mean_n[π_θ(a_n|s_n) / π_old(a_n|s_n) · Â_n]``: CG on the Fisher (its Gauss-Newton
