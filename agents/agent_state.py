@@ -4,7 +4,7 @@ A checkpoint (:mod:`agents.checkpoint`) is JSON plus named arrays:
 
 * arrays ``policy/NNN``, ``value/NNN``, ``policy_optimizer/NNN``, ``value_optimizer/NNN`` (the
   variables in order), ``obs_rms/mean``, ``obs_rms/var``, ``worker/running_returns``,
-  ``worker/last_obs``;
+  ``worker/last_obs`` (``worker/last_obs/<key>`` per key of a ``Dict`` observation);
 * JSON: ``env_id``, ``run_id``, ``config`` (every :class:`TRPOConfig` field), ``num_timesteps``,
   ``updates``, ``wall_time``, the NumPy ``rng`` state, the normalizer's ``count``/``clip``/
   ``epsilon``, the return window, and the ``history`` of progress rows;
@@ -73,7 +73,11 @@ def agent_checkpoint(agent) -> tuple[dict, dict[str, np.ndarray]]:
         meta["worker"] = {"episode_returns": list(worker.episode_returns),
                           "episodes": worker.episodes}
         arrays["worker/running_returns"] = worker.running_returns
-        arrays["worker/last_obs"] = np.asarray(worker.last_obs)
+        if isinstance(worker.last_obs, dict):  # a Dict observation space: one array per key
+            for key, value in worker.last_obs.items():
+                arrays[f"worker/last_obs/{key}"] = np.asarray(value)
+        else:
+            arrays["worker/last_obs"] = np.asarray(worker.last_obs)
         if agent.config.save_env_state and isinstance(worker.envs, gym.vector.SyncVectorEnv):
             try:
                 blob = pickle.dumps(worker.envs.envs)
@@ -90,6 +94,14 @@ def _array(checkpoint: Checkpoint, name: str) -> np.ndarray:
         return checkpoint.arrays[name]
     except KeyError:
         raise CheckpointError(f"checkpoint {checkpoint.path} lacks the array {name!r}") from None
+
+
+def _last_obs(checkpoint: Checkpoint):
+    prefix = "worker/last_obs/"
+    keys = [k for k in checkpoint.arrays if k.startswith(prefix)]
+    if keys:
+        return {k[len(prefix):]: checkpoint.arrays[k] for k in keys}
+    return _array(checkpoint, "worker/last_obs")
 
 
 def restore_agent(agent, checkpoint: Checkpoint, *, trust_env_state: bool = False) -> None:
@@ -154,6 +166,6 @@ def restore_agent(agent, checkpoint: Checkpoint, *, trust_env_state: bool = Fals
         agent._pending_env_state = {
             "worker": {**worker_meta,
                        "running_returns": _array(checkpoint, "worker/running_returns"),
-                       "last_obs": _array(checkpoint, "worker/last_obs")},
+                       "last_obs": _last_obs(checkpoint)},
             "sub_envs": sub_envs,
         }

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.checkpoint import atomic_write_bytes
+from agents.env_factories import make_env
 from agents.rollout import env_actions
 
 EVAL_FILE = "eval.json"
@@ -36,8 +37,8 @@ def evaluate_policy(agent, episodes: int, seed: int, max_episode_steps: int) -> 
             obs, _ = env.reset(seed=seed + episode)
             total, done, steps = 0.0, False, 0
             while not done and steps < max_episode_steps:
-                action = agent.policy.numpy_act(params, agent._normalize(obs[None]), None,
-                                                deterministic=True)
+                action = agent.policy.numpy_act(params, agent._encode(agent.encoder.stack([obs])),
+                                                None, deterministic=True)
                 obs, reward, terminated, truncated, _ = env.step(
                     env_actions(agent.action_space, action)[0])
                 total += float(reward)
@@ -103,7 +104,7 @@ def record_videos(agent, run_dir: Path, episodes: int, seed: int) -> list[Path]:
 
     video_dir = Path(run_dir) / VIDEO_DIR
     before = set(video_dir.glob("*.mp4")) if video_dir.exists() else set()
-    env = gym.make(agent.config.env_id, render_mode="rgb_array")
+    env = make_env(agent.config.env_id, render_mode="rgb_array")
     prefix = f"{agent.config.env_id.replace('/', '_').replace(':', '_')}-step{agent.num_timesteps}"
     env = RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix=prefix,
                       disable_logger=True)

@@ -12,6 +12,8 @@ Policy outputs and their distribution (``natgrad.distributions``):
 * ``CategoricalPolicy``: ``logits [N, K]``, ``CATEGORICAL``.
 * ``GaussianPolicy``: ``(mean [N, D], log_std [D])``, ``DIAGONAL_GAUSSIAN``; ``log_std`` is a
   trainable, state-independent ``tf.Variable`` initialised to ``log_std_init``.
+* ``MLPPolicy``: an MLP feeding any :mod:`agents.heads` head (MultiDiscrete and MultiBinary
+  actions); ``distribution`` is the head's.
 
 Weights are initialised orthogonally (hidden gain √2, policy output 0.01, value output 1, as
 in the PPO/TRPO implementations of SB3 and CleanRL) from a seeded NumPy ``Generator``.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from agents.heads import sample_categorical
 from natgrad import distributions
 
 TF_ACTIVATIONS = {"tanh": tf.tanh, "relu": tf.nn.relu, "elu": tf.nn.elu}
@@ -118,10 +121,7 @@ class CategoricalPolicy(tf.Module):
         logits = mlp_forward(params["net"], obs, self.activation)
         if deterministic:
             return np.argmax(logits, axis=-1)
-        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        cdf = np.cumsum(z, axis=-1)
-        u = rng.random(len(obs))[:, None] * cdf[:, -1:]
-        return np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)
+        return sample_categorical(logits, rng)
 
 
 class GaussianPolicy(tf.Module):
@@ -164,6 +164,39 @@ class GaussianPolicy(tf.Module):
         if deterministic:
             return mean
         return mean + np.exp(params["log_std"]) * rng.standard_normal(mean.shape)
+
+
+class MLPPolicy(tf.Module):
+    """An MLP ``[N, obs_dim] -> z [N, head.out_dim]`` and an action ``head`` on top of it."""
+
+    def __init__(self, obs_dim: int, head: tf.Module, *, hidden=(64, 64), activation="tanh",
+                 rng: np.random.Generator, dtype=tf.float32):
+        super().__init__(name="mlp_policy")
+        self.activation = activation
+        self.head = head
+        self.distribution = head.distribution
+        self.net = MLP(obs_dim, tuple(hidden), head.out_dim, activation=activation, rng=rng,
+                       output_gain=0.01, dtype=dtype)
+
+    def outputs(self, obs: tf.Tensor):
+        return self.head.outputs(self.net(obs))
+
+    def log_prob(self, outputs, actions: tf.Tensor) -> tf.Tensor:
+        """``log π(a_n|s_n)``: ``[N]``."""
+        return self.head.log_prob(outputs, actions)
+
+    def entropy(self, outputs) -> tf.Tensor:
+        """``H[π(·|s_n)]``: ``[N]``."""
+        return self.head.entropy(outputs)
+
+    def numpy_params(self) -> dict:
+        return {"net": self.net.numpy_params(), **self.head.numpy_params()}
+
+    def numpy_act(self, params: dict, obs: np.ndarray, rng: np.random.Generator,
+                  deterministic: bool = False) -> np.ndarray:
+        """Actions ``[N, ...]`` for observations ``[N, obs_dim]`` (see the head)."""
+        z = mlp_forward(params["net"], obs, self.activation)
+        return self.head.numpy_act(z, params, rng, deterministic)
 
 
 class ValueFunction(tf.Module):

@@ -1,6 +1,7 @@
 """Environments, experience collection and the advantage estimate it feeds.
 
-* :func:`resolve_env`, :func:`check_spaces`, :func:`make_vector_env`: which envs an agent runs.
+* :func:`resolve_env`, :func:`make_vector_env`: which envs an agent runs (the spaces it takes:
+  :mod:`agents.spaces`).
 
 * :func:`compute_gae`: generalized advantage estimation (Schulman et al., 2016), pure NumPy.
 * :class:`RolloutWorker`: steps a Gymnasium vector env (``AutoresetMode.SAME_STEP``) with a
@@ -19,10 +20,19 @@ from typing import NamedTuple
 import gymnasium as gym
 import numpy as np
 
+from agents.env_factories import make_env, register_env_family
 from agents.normalization import RunningMeanStd
+from agents.spaces import (  # noqa: F401 - check_spaces, env_actions: re-exported
+    SUPPORTED_SPACES,
+    ObservationEncoder,
+    action_layout,
+    check_spaces,
+    env_actions,
+    map_obs,
+    obs_leaves,
+)
 
 RETURN_WINDOW = 20
-SUPPORTED_SPACES = "observations: a 1-D gymnasium.spaces.Box; actions: Discrete or a 1-D Box"
 
 
 class NonFiniteError(RuntimeError):
@@ -33,7 +43,8 @@ def resolve_env(env) -> tuple[str, callable]:
     """``(env_id, factory)`` for an env id string, a ``gymnasium.Env`` or a factory callable.
 
     An id may name the module that registers it, as ``gymnasium.make`` allows:
-    ``"my_package.envs:MyEnv-v0"`` imports ``my_package.envs`` first.
+    ``"my_package.envs:MyEnv-v0"`` imports ``my_package.envs`` first. Ids are made by
+    :func:`agents.env_factories.make_env` (Atari and MiniGrid get their standard wrappers).
     """
     if isinstance(env, str):
         module, sep, name = env.rpartition(":")
@@ -42,11 +53,12 @@ def resolve_env(env) -> tuple[str, callable]:
                 importlib.import_module(module)
             except ImportError as e:
                 raise ValueError(f"env id {env!r}: cannot import module {module!r} ({e})") from e
+        register_env_family(name)
         try:
             gym.spec(name)
         except gym.error.Error as e:
             raise ValueError(f"unknown Gymnasium env id {name!r}: {e}") from e
-        return env, functools.partial(gym.make, env)
+        return env, functools.partial(make_env, env)
     if isinstance(env, gym.Env):
         if env.spec is not None:
             return env.spec.id, functools.partial(gym.make, env.spec)
@@ -54,25 +66,6 @@ def resolve_env(env) -> tuple[str, callable]:
     if callable(env):
         return getattr(env, "__name__", type(env).__name__), env
     raise ValueError(f"env must be an env id, a gymnasium.Env or a factory; got {type(env)}")
-
-
-def check_spaces(observation_space, action_space) -> None:
-    """Raises ``ValueError`` unless the spaces are ones this agent supports."""
-    box = gym.spaces.Box
-    if not (isinstance(observation_space, box) and len(observation_space.shape) == 1):
-        raise ValueError(f"unsupported observation space {observation_space}; "
-                         f"supported: {SUPPORTED_SPACES}")
-    discrete = isinstance(action_space, gym.spaces.Discrete)
-    if not (discrete or (isinstance(action_space, box) and len(action_space.shape) == 1)):
-        raise ValueError(f"unsupported action space {action_space}; supported: {SUPPORTED_SPACES}")
-
-
-def env_actions(action_space, actions: np.ndarray) -> np.ndarray:
-    """Policy actions as the env takes them: ``Discrete`` indices shifted by the space's
-    ``start``; ``Box`` actions clipped to its bounds (float32)."""
-    if isinstance(action_space, gym.spaces.Discrete):
-        return actions + int(action_space.start) if action_space.start else actions
-    return np.clip(actions, action_space.low, action_space.high).astype(np.float32)
 
 
 def check_finite(name: str, values, first_step: int, n_envs: int) -> None:
@@ -133,8 +126,9 @@ def explained_variance(predictions: np.ndarray, targets: np.ndarray) -> float:
 
 
 class Rollout(NamedTuple):
-    """One batch, time-major. ``obs``/``bootstrap_obs`` ``[T, E, obs_dim]`` (normalized when
-    observation normalization is on), ``actions`` ``[T, E]`` or ``[T, E, D]`` (unclipped),
+    """One batch, time-major. ``obs``/``bootstrap_obs`` ``[T, E, obs_dim]``, or a dict of such
+    arrays with images (:class:`agents.spaces.ObservationEncoder`; the vector part normalized
+    when observation normalization is on), ``actions`` ``[T, E]`` or ``[T, E, D]`` (unclipped),
     ``rewards``/``terminated``/``truncated`` ``[T, E]`` (unnormalized env rewards).
     ``bootstrap_obs[t]`` is ``s_{t+1}``, or the final observation where an episode ended."""
 
@@ -149,12 +143,14 @@ class Rollout(NamedTuple):
 class RolloutWorker:
     """Steps ``envs`` with a policy's NumPy snapshot and tracks finished-episode returns."""
 
-    def __init__(self, envs: gym.vector.VectorEnv, policy, obs_rms: RunningMeanStd | None):
+    def __init__(self, envs: gym.vector.VectorEnv, policy, obs_rms: RunningMeanStd | None,
+                 encoder: ObservationEncoder | None = None):
         self.envs = envs
         self.policy = policy
         self.obs_rms = obs_rms
+        self.encoder = encoder or ObservationEncoder(envs.single_observation_space)
         self.action_space = envs.single_action_space
-        self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
+        self.action_dtype = action_layout(self.action_space)[1]
         self.episode_returns: deque = deque(maxlen=RETURN_WINDOW)
         self.episodes = 0
         self.running_returns = np.zeros(envs.num_envs)
@@ -165,14 +161,13 @@ class RolloutWorker:
         self.last_obs, _ = self.envs.reset(seed=seed)
         self._observe(self.last_obs)
 
-    def _observe(self, raw_obs: np.ndarray) -> None:
+    def _observe(self, raw_obs) -> None:
         if self.obs_rms is not None:
-            self.obs_rms.update(raw_obs)
+            self.obs_rms.update(self.encoder.vector_part(raw_obs))
 
-    def normalize(self, raw_obs: np.ndarray) -> np.ndarray:
-        if self.obs_rms is None:
-            return np.asarray(raw_obs, np.float32)
-        return self.obs_rms.normalize(raw_obs)
+    def normalize(self, raw_obs):
+        """The networks' input for a raw batch (:meth:`ObservationEncoder.encode`)."""
+        return self.encoder.encode(raw_obs, self.obs_rms)
 
     def collect(self, params: dict, n_steps: int, rng: np.random.Generator,
                 first_step: int = 0) -> Rollout:
@@ -184,8 +179,8 @@ class RolloutWorker:
         """
         n_envs = self.envs.num_envs
         obs = self.normalize(self.last_obs)
-        obs_buf = np.zeros((n_steps, n_envs, *obs.shape[1:]), np.float32)
-        boot_buf = np.zeros_like(obs_buf)
+        obs_buf = self.encoder.zeros((n_steps, n_envs))
+        boot_buf = self.encoder.zeros((n_steps, n_envs))
         actions_buf = None
         rewards = np.zeros((n_steps, n_envs))
         terminated = np.zeros((n_steps, n_envs), bool)
@@ -193,25 +188,25 @@ class RolloutWorker:
         for t in range(n_steps):
             actions = self.policy.numpy_act(params, obs, rng)
             if actions_buf is None:
-                dtype = np.int32 if self.discrete else np.float32
-                actions_buf = np.zeros((n_steps, *actions.shape), dtype)
+                actions_buf = np.zeros((n_steps, *actions.shape), self.action_dtype)
             raw_obs, reward, term, trunc, infos = self.envs.step(
                 env_actions(self.action_space, actions))
             step = first_step + t * n_envs
-            check_finite("the observation", raw_obs, step, n_envs)
+            _check_obs("the observation", raw_obs, step, n_envs)
             check_finite("the reward", reward, step, n_envs)
             self._observe(raw_obs)
             next_obs = self.normalize(raw_obs)
-            obs_buf[t], actions_buf[t] = obs, actions
+            _store(obs_buf, t, obs)
+            _store(boot_buf, t, next_obs)
+            actions_buf[t] = actions
             rewards[t], terminated[t], truncated[t] = reward, term, trunc
-            boot_buf[t] = next_obs
             self.running_returns += reward
             done = term | trunc
             if done.any():
                 for i in np.flatnonzero(done):
-                    check_finite("the final observation", infos["final_obs"][i][None],
-                                 step + i, n_envs)
-                    boot_buf[t, i] = self.normalize(infos["final_obs"][i][None])[0]
+                    final = self.encoder.stack([infos["final_obs"][i]])
+                    _check_obs("the final observation", final, step + i, n_envs)
+                    _store(boot_buf, (t, i), map_obs(lambda x: x[0], self.normalize(final)))
                     self.episode_returns.append(float(self.running_returns[i]))
                     self.episodes += 1
                     self.running_returns[i] = 0.0
@@ -225,10 +220,31 @@ class RolloutWorker:
 
     def state(self) -> dict:
         return {"episode_returns": list(self.episode_returns), "episodes": self.episodes,
-                "running_returns": self.running_returns.copy(), "last_obs": self.last_obs.copy()}
+                "running_returns": self.running_returns.copy(),
+                "last_obs": map_obs(np.copy, self.last_obs)}
 
     def load_state(self, state: dict) -> None:
         self.episode_returns = deque(state["episode_returns"], maxlen=RETURN_WINDOW)
         self.episodes = int(state["episodes"])
         self.running_returns = np.array(state["running_returns"])
-        self.last_obs = np.array(state["last_obs"])
+        self.last_obs = map_obs(np.array, state["last_obs"])
+
+
+def _store(buffer, index, value) -> None:
+    """``buffer[index] = value`` leaf by leaf (arrays or dicts of arrays)."""
+    if isinstance(buffer, dict):
+        for key, leaf in buffer.items():
+            leaf[index] = value[key]
+    else:
+        buffer[index] = value
+
+
+def _check_obs(name: str, raw_obs, first_step: int, n_envs: int) -> None:
+    """:func:`check_finite` on every floating leaf of a raw observation batch."""
+    if not isinstance(raw_obs, dict):
+        check_finite(name, raw_obs, first_step, n_envs)
+        return
+    for key, leaf in obs_leaves(raw_obs):
+        leaf = np.asarray(leaf)
+        if leaf.dtype.kind == "f":
+            check_finite(f"{name} {key!r}" if key else name, leaf, first_step, n_envs)

@@ -2,7 +2,8 @@
 
 One update (:meth:`TRPO._update`) follows Algorithm 1 of the paper:
 
-1. **Collect** ``n_envs × n_steps`` transitions with the current policy (NumPy forward passes).
+1. **Collect** ``n_envs × n_steps`` transitions with the current policy (NumPy forward passes;
+   a compiled ``tf.function`` for image observations). Spaces: :mod:`agents.spaces`.
 2. **Advantages** by GAE, bootstrapping ``V(final_obs)`` at time-limit truncations; standardized.
 3. **Policy step** with :meth:`natgrad.NaturalGradient.minimize` on the surrogate
    ``L(θ) = −mean_n[π_θ(a_n|s_n) / π_old(a_n|s_n) · Â_n]``: CG on the Fisher (its Gauss-Newton
@@ -41,8 +42,8 @@ from agents.checkpoint import (
 from agents.config import TRPOConfig, resolve_config
 from agents.evaluation import EVAL_SEED_OFFSET, evaluate_policy
 from agents.logger import PROGRESS_KEYS, ProgressLogger
+from agents.networks import build_networks
 from agents.normalization import RunningMeanStd
-from agents.policies import CategoricalPolicy, GaussianPolicy, ValueFunction
 from agents.rollout import (
     NonFiniteError,
     RolloutWorker,
@@ -56,6 +57,7 @@ from agents.rollout import (
     resolve_env,
 )
 from agents.run_dir import RunDirError, RunLock, claim_run_dir, read_run_config, select_checkpoint
+from agents.spaces import ObservationEncoder, action_layout, map_obs
 from agents.stop_signals import StopSignals, TrainingInterrupted
 from agents.update import make_update_fn
 from agents.workers import check_same_start, worker_position
@@ -117,6 +119,7 @@ class TRPO:
                 "worker would leave the others waiting); both are not supported yet")
         self.rng = np.random.default_rng(cfg.seed)
         self._predict_rng = np.random.default_rng([cfg.seed, 1])
+        self.encoder = ObservationEncoder(self.observation_space)
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self._build_networks()
         self.num_timesteps = 0
@@ -135,18 +138,9 @@ class TRPO:
         """Policy, value function, both optimizers and the compiled update (in the
         strategy's scope when there is one)."""
         cfg = self.config
-        obs_dim = self.observation_space.shape[0]
-        if isinstance(self.action_space, gym.spaces.Discrete):
-            self.policy = CategoricalPolicy(obs_dim, int(self.action_space.n),
-                                            hidden=cfg.policy_hidden, activation=cfg.activation,
-                                            rng=self.rng)
-        else:
-            self.policy = GaussianPolicy(obs_dim, self.action_space.shape[0],
-                                         hidden=cfg.policy_hidden, activation=cfg.activation,
-                                         log_std_init=cfg.log_std_init, rng=self.rng)
-        self.value = ValueFunction(obs_dim, hidden=cfg.value_hidden, activation=cfg.activation,
-                                   rng=self.rng)
-        self.obs_rms = RunningMeanStd((obs_dim,)) if cfg.normalize_obs else None
+        self.policy, self.value = build_networks(self.encoder, self.action_space, cfg, self.rng)
+        self.obs_rms = (RunningMeanStd((self.encoder.vector_dim,))
+                        if cfg.normalize_obs and self.encoder.vector_dim else None)
         self.policy_optimizer = natgrad.NaturalGradient(
             learning_rate=1.0, max_kl=cfg.max_kl, damping=cfg.cg_damping, cg_iters=cfg.cg_iters,
             line_search_shrink=cfg.line_search_shrink,
@@ -320,9 +314,9 @@ class TRPO:
         }
 
     def _make_update_fn(self):
-        action_shape = () if isinstance(self.policy, CategoricalPolicy) else self.action_space.shape
         return make_update_fn(self.config, self.policy, self.value, self.policy_optimizer,
-                              self.value_optimizer, self.observation_space.shape, action_shape,
+                              self.value_optimizer, self.encoder.leaf_specs(),
+                              action_layout(self.action_space),
                               strategy=self.strategy if self.num_workers > 1 else None)
 
     def _ensure_worker(self) -> RolloutWorker:
@@ -331,7 +325,7 @@ class TRPO:
             return self._worker
         cfg = self.config
         envs = make_vector_env(self._env_factory, cfg.n_envs, cfg.vectorization)
-        worker = RolloutWorker(envs, self.policy, self.obs_rms)
+        worker = RolloutWorker(envs, self.policy, self.obs_rms, self.encoder)
         pending, self._pending_env_state = self._pending_env_state, None
         seed = cfg.seed + 10_007 * self.worker_index  # workers' envs are seeded apart
         if pending is None:
@@ -352,25 +346,20 @@ class TRPO:
 
     # Using a trained agent -----------------------------------------------------------------
 
-    def _normalize(self, obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs, np.float32)
-        return obs if self.obs_rms is None else self.obs_rms.normalize(obs)
+    def _encode(self, raw_batch):
+        """The networks' input for a batch of raw observations (:mod:`agents.spaces`)."""
+        return self.encoder.encode(raw_batch, self.obs_rms)
 
     def predict(self, obs, deterministic: bool = True) -> np.ndarray:
-        """Env-ready actions for one observation ``[obs_dim]`` or a batch ``[B, obs_dim]``.
+        """Env-ready actions for one observation or a batch (for a ``Dict`` space, a dict of
+        arrays, each with a leading batch axis for a batch).
 
         Raises:
           ValueError: an observation of another shape, naming the expected one.
         """
-        obs = np.asarray(obs, np.float32)
-        shape = self.observation_space.shape
-        if obs.shape != shape and obs.shape[1:] != shape:
-            raise ValueError(f"predict expects an observation of shape {shape} or a batch "
-                             f"(B, {', '.join(map(str, shape))}); got shape {obs.shape}")
-        single = obs.shape == shape
-        batch = self._normalize(obs[None] if single else obs)
-        actions = self.policy.numpy_act(self.policy.numpy_params(), batch, self._predict_rng,
-                                        deterministic=deterministic)
+        batch, single = self.encoder.as_batch(obs)
+        actions = self.policy.numpy_act(self.policy.numpy_params(), self._encode(batch),
+                                        self._predict_rng, deterministic=deterministic)
         actions = env_actions(self.action_space, actions)
         return actions[0] if single else actions
 
@@ -471,6 +460,6 @@ class TRPO:
         return agent
 
 
-def _flat(x: np.ndarray) -> np.ndarray:
-    """``[T, E, ...] -> [T·E, ...]`` (time-major order)."""
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+def _flat(x):
+    """``[T, E, ...] -> [T·E, ...]`` (time-major order), leaf by leaf."""
+    return map_obs(lambda a: a.reshape(a.shape[0] * a.shape[1], *a.shape[2:]), x)

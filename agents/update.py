@@ -30,16 +30,26 @@ from natgrad.distribute import ReplicaMean, replica_context
 from natgrad.structure import all_finite
 
 
-def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_shape: tuple,
-                   action_shape: tuple, strategy=None):
-    """``update(obs [N, *obs_shape], actions [N, *action_shape], advantages [N],
-    returns [N], critic_order [critic_epochs, N]) -> dict of scalars``. ``action_shape`` is
-    ``()`` for integer (categorical) actions. With a ``strategy``, ``advantages`` are raw (they
-    are standardized here, across workers) and every worker passes its own batch."""
+def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_spec,
+                   action_spec: tuple, strategy=None):
+    """``update(obs [N, ...], actions [N, *action_shape], advantages [N], returns [N],
+    critic_order [critic_epochs, N]) -> dict of scalars``.
+
+    ``obs_spec`` is ``(shape, dtype)`` of one observation, or a dict of them
+    (:meth:`agents.spaces.ObservationEncoder.leaf_specs`); ``action_spec`` is ``(shape,
+    dtype)`` of one action (:func:`agents.spaces.action_layout`; shape ``()`` for a
+    ``Discrete`` index). With a ``strategy``, ``advantages`` are raw (they are standardized
+    here, across workers) and every worker passes its own batch."""
     n = cfg.batch_size
     replicas = 1 if strategy is None else strategy.num_replicas_in_sync
-    action_spec = (tf.TensorSpec([n], tf.int32) if action_shape == ()
-                   else tf.TensorSpec([n, *action_shape], tf.float32))
+
+    def spec(shape_dtype):
+        shape, dtype = shape_dtype
+        return tf.TensorSpec([n, *shape], tf.as_dtype(dtype))
+
+    obs_signature = ({k: spec(v) for k, v in obs_spec.items()} if isinstance(obs_spec, dict)
+                     else spec(obs_spec))
+    action_signature = spec(action_spec)
     batches_per_epoch = math.ceil(n / cfg.critic_batch_size)
     value_vars = list(value.trainable_variables)
 
@@ -56,7 +66,8 @@ def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_sh
 
         stats = policy_optimizer.minimize(
             surrogate_loss, policy.trainable_variables, kl_fn=kl,
-            outputs_fn=lambda: policy.outputs(obs[:: cfg.fisher_subsample]),
+            outputs_fn=lambda: policy.outputs(
+                tf.nest.map_structure(lambda x: x[:: cfg.fisher_subsample], obs)),
             output_distribution=policy.distribution)
         stats["entropy"] = tf.reduce_mean(policy.entropy(old_outputs))
         return stats
@@ -72,7 +83,7 @@ def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_sh
                 idx = critic_order[epoch, b * cfg.critic_batch_size:
                                    (b + 1) * cfg.critic_batch_size]
                 with tf.GradientTape() as tape:
-                    loss = value_loss(tf.gather(obs, idx), tf.gather(returns, idx)) / replicas
+                    loss = value_loss(_rows(obs, idx), tf.gather(returns, idx)) / replicas
                 grads = tape.gradient(loss, value_vars)
                 value_optimizer.apply_gradients(zip(grads, value_vars, strict=True))
         return value_loss(obs, returns)
@@ -85,7 +96,7 @@ def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_sh
         return (advantages - mu) / (std + 1e-8)
 
     @tf.function(input_signature=[
-        tf.TensorSpec([n, *obs_shape], tf.float32), action_spec, tf.TensorSpec([n], tf.float32),
+        obs_signature, action_signature, tf.TensorSpec([n], tf.float32),
         tf.TensorSpec([n], tf.float32), tf.TensorSpec([cfg.critic_epochs, n], tf.int32)])
     def update(obs, actions, advantages, returns, critic_order):
         if strategy is not None:
@@ -104,3 +115,8 @@ def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_sh
         return stats
 
     return update
+
+
+def _rows(obs, idx):
+    """``obs[idx]`` leaf by leaf (an observation tensor or a dict of them)."""
+    return tf.nest.map_structure(lambda x: tf.gather(x, idx), obs)

@@ -8,7 +8,12 @@ applied to a tangent ``u`` shaped like ``z``. Composed with
 parameter space.
 
 Shapes: ``logits``/``probs`` ``[N, K]``; Bernoulli ``[N, D]``; Gaussian ``mean`` ``[N, D]`` and
-``log_std`` ``[N, D]`` or ``[D]`` (state-independent).
+``log_std`` ``[N, D]`` or ``[D]`` (state-independent); several independent categoricals
+(``multi_categorical``, a MultiDiscrete action) ``[N, K₁ + … + K_M]``, their logits side by side.
+
+Policy heads (joint distributions over an action vector) sum over the action's components:
+``DIAGONAL_GAUSSIAN``, ``MULTI_CATEGORICAL`` (per ``nvec``) and ``INDEPENDENT_BERNOULLI``
+(a MultiBinary action; ``BERNOULLI`` instead averages over units, as binary cross-entropy does).
 """
 
 from __future__ import annotations
@@ -117,6 +122,71 @@ def bernoulli_probs_fisher_vector_product(probs: tf.Tensor, u: tf.Tensor) -> tf.
     return u / (p * (1.0 - p)) / tf.cast(tf.size(probs), probs.dtype)
 
 
+# Independent Bernoullis as one joint distribution over D binary units (MultiBinary actions) -----
+
+
+def independent_bernoulli_log_prob(logits: tf.Tensor, actions: tf.Tensor) -> tf.Tensor:
+    """``Σ_d [a_d log σ(z_d) + (1 − a_d) log σ(−z_d)]``: ``[N, D], [N, D] -> [N]``."""
+    a = tf.cast(actions, logits.dtype)
+    return tf.reduce_sum(a * tf.math.log_sigmoid(logits)
+                         + (1.0 - a) * tf.math.log_sigmoid(-logits), axis=-1)
+
+
+def independent_bernoulli_entropy(logits: tf.Tensor) -> tf.Tensor:
+    """``Σ_d −[p_d log p_d + (1 − p_d) log(1 − p_d)]``, ``p = σ(z)``: ``[N, D] -> [N]``."""
+    p = tf.sigmoid(logits)
+    return -tf.reduce_sum(p * tf.math.log_sigmoid(logits)
+                          + (1.0 - p) * tf.math.log_sigmoid(-logits), axis=-1)
+
+
+def independent_bernoulli_kl(old_logits: tf.Tensor, new_logits: tf.Tensor) -> tf.Tensor:
+    """``mean_n Σ_d KL(Bern(p_old) ‖ Bern(p_new))``, from logits in log space: scalar."""
+    p_old = tf.sigmoid(old_logits)
+    per_unit = p_old * (tf.math.log_sigmoid(old_logits) - tf.math.log_sigmoid(new_logits)) + (
+        1.0 - p_old
+    ) * (tf.math.log_sigmoid(-old_logits) - tf.math.log_sigmoid(-new_logits))
+    return tf.reduce_mean(tf.reduce_sum(per_unit, axis=-1))
+
+
+def independent_bernoulli_fisher_vector_product(logits: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+    """``p(1 − p) u / N``: the Hessian of :func:`independent_bernoulli_kl` (``D`` times
+    :func:`bernoulli_fisher_vector_product`, which averages over units)."""
+    p = tf.sigmoid(logits)
+    return p * (1.0 - p) * u / _batch_size(logits)
+
+
+# Several independent categoricals (MultiDiscrete actions), logits side by side ----------------
+
+
+def _split(logits: tf.Tensor, nvec) -> list[tf.Tensor]:
+    return tf.split(logits, [int(k) for k in nvec], axis=-1)
+
+
+def multi_categorical_log_prob(logits: tf.Tensor, actions: tf.Tensor, nvec) -> tf.Tensor:
+    """``Σ_m log softmax(z_m)[a_m]``: ``[N, ΣK_m], [N, M] -> [N]``."""
+    actions = tf.cast(actions, tf.int32)
+    return tf.add_n([categorical_log_prob(z, actions[:, m])
+                     for m, z in enumerate(_split(logits, nvec))])
+
+
+def multi_categorical_entropy(logits: tf.Tensor, nvec) -> tf.Tensor:
+    """``Σ_m H[softmax(z_m)]``: ``[N, ΣK_m] -> [N]``."""
+    return tf.add_n([categorical_entropy(z) for z in _split(logits, nvec)])
+
+
+def multi_categorical_kl(old_logits: tf.Tensor, new_logits: tf.Tensor, nvec) -> tf.Tensor:
+    """``mean_n Σ_m KL(softmax(z_old,m) ‖ softmax(z_new,m))``: scalar (the joint KL of
+    independent components is the sum of theirs)."""
+    return tf.add_n([categorical_kl(o, n) for o, n in
+                     zip(_split(old_logits, nvec), _split(new_logits, nvec), strict=True)])
+
+
+def multi_categorical_fisher_vector_product(logits: tf.Tensor, u: tf.Tensor, nvec) -> tf.Tensor:
+    """Block-diagonal: ``(diag(p_m) − p_m p_mᵀ) u_m / N`` for each component ``m``."""
+    return tf.concat([categorical_fisher_vector_product(z, v) for z, v in
+                      zip(_split(logits, nvec), _split(u, nvec), strict=True)], axis=-1)
+
+
 # Squared error: a unit-variance Gaussian scaled to match mean squared error ------------------
 
 
@@ -199,3 +269,19 @@ SQUARED_ERROR = OutputDistribution(
 DIAGONAL_GAUSSIAN = OutputDistribution(
     "diagonal_gaussian", diagonal_gaussian_kl, diagonal_gaussian_fisher_vector_product
 )
+INDEPENDENT_BERNOULLI = OutputDistribution(
+    "independent_bernoulli", independent_bernoulli_kl, independent_bernoulli_fisher_vector_product
+)
+
+
+def multi_categorical(nvec) -> OutputDistribution:
+    """The :class:`OutputDistribution` of independent categoricals with ``nvec`` classes each
+    (logits ``[N, Σ nvec]``)."""
+    nvec = tuple(int(k) for k in nvec)
+    if not nvec or min(nvec) < 1:
+        raise ValueError(f"multi_categorical needs class counts >= 1, got {nvec}")
+    return OutputDistribution(
+        "multi_categorical",
+        lambda old, new: multi_categorical_kl(old, new, nvec),
+        lambda logits, u: multi_categorical_fisher_vector_product(logits, u, nvec),
+    )

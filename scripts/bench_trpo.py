@@ -49,7 +49,8 @@ from pathlib import Path  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1")
-TARGETS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0, "Acrobot-v1": -90.0}
+TARGETS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0, "Acrobot-v1": -90.0,
+           "MiniGrid-Empty-5x5-v0": 0.9}
 SPEED_ENV = "CartPole-v1"
 SPEED_STEPS = 100_000
 SB3_CONTRIB_SECONDS = 65.0  # sb3-contrib TRPO, same task, measured on these machines

@@ -153,6 +153,87 @@ def test_squared_error_kl_against_numpy():
     )
 
 
+# Heads over action vectors: independent Bernoullis (MultiBinary), categoricals (MultiDiscrete) --
+
+NVEC = (2, 3, 4)
+
+
+def np_bernoulli_per_unit(z):
+    """``(log p, log(1 − p))`` per unit, ``p = sigmoid(z)``."""
+    return np.log(np_sigmoid(z)), np.log(np_sigmoid(-z))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), scale=st.floats(0.1, 5.0))
+def test_independent_bernoulli_against_numpy(seed, scale):
+    rng = _rng(seed)
+    old, new = scale * rng.normal(size=(N, K)), scale * rng.normal(size=(N, K))
+    actions = rng.integers(0, 2, size=(N, K))
+    lp1, lq1 = np_bernoulli_per_unit(old)
+    lp2, lq2 = np_bernoulli_per_unit(new)
+    p = np.exp(lp1)
+    t = tf.constant
+    np.testing.assert_allclose(D.independent_bernoulli_log_prob(t(old), t(actions)).numpy(),
+                               np.where(actions == 1, lp1, lq1).sum(-1), rtol=1e-10)
+    np.testing.assert_allclose(D.independent_bernoulli_entropy(t(old)).numpy(),
+                               -(p * lp1 + (1 - p) * lq1).sum(-1), rtol=1e-9, atol=1e-14)
+    joint = (p * (lp1 - lp2) + (1 - p) * (lq1 - lq2)).sum(-1).mean()
+    got = D.independent_bernoulli_kl(t(old), t(new)).numpy()
+    assert got == pytest.approx(joint, rel=1e-9, abs=1e-14)
+    # The joint KL sums over units; BERNOULLI (binary cross-entropy's) averages over them.
+    assert got == pytest.approx(K * D.bernoulli_kl(t(old), t(new)).numpy(), rel=1e-9, abs=1e-14)
+
+
+def test_independent_bernoulli_by_hand():
+    """Two units at p = ½ and p = ¾: log P(a = (1, 0)) = log ½ + log ¼; entropy 2 of them."""
+    logits = tf.constant([[0.0, math.log(3.0)]], tf.float64)
+    lp = D.independent_bernoulli_log_prob(logits, tf.constant([[1, 0]]))
+    assert lp.numpy()[0] == pytest.approx(math.log(0.5) + math.log(0.25))
+    ent = D.independent_bernoulli_entropy(logits).numpy()[0]
+    assert ent == pytest.approx(math.log(2.0) - 0.75 * math.log(0.75) - 0.25 * math.log(0.25))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), scale=st.floats(0.1, 5.0))
+def test_multi_categorical_against_numpy(seed, scale):
+    """Log-prob, entropy and KL are sums over components of the categorical NumPy formulas."""
+    rng = _rng(seed)
+    old = scale * rng.normal(size=(N, sum(NVEC)))
+    new = scale * rng.normal(size=(N, sum(NVEC)))
+    actions = np.stack([rng.integers(0, k, size=N) for k in NVEC], axis=1)
+    edges = np.cumsum(NVEC)[:-1]
+    lp_old = [np_log_softmax(z) for z in np.split(old, edges, axis=1)]
+    lp_new = [np_log_softmax(z) for z in np.split(new, edges, axis=1)]
+    t = tf.constant
+    np.testing.assert_allclose(
+        D.multi_categorical_log_prob(t(old), t(actions), NVEC).numpy(),
+        sum(lp[np.arange(N), actions[:, m]] for m, lp in enumerate(lp_old)), rtol=1e-12)
+    np.testing.assert_allclose(
+        D.multi_categorical_entropy(t(old), NVEC).numpy(),
+        sum(-(np.exp(lp) * lp).sum(-1) for lp in lp_old), rtol=1e-10, atol=1e-14)
+    kl = sum((np.exp(a) * (a - b)).sum(-1).mean() for a, b in zip(lp_old, lp_new, strict=True))
+    assert D.multi_categorical(NVEC).kl(t(old), t(new)).numpy() == pytest.approx(
+        kl, rel=1e-10, abs=1e-14)
+
+
+def test_multi_categorical_kl_is_expected_log_ratio_over_every_joint_action():
+    """``KL = Σ_a P_old(a) (log P_old(a) − log P_new(a))`` over all 2·3·4 joint actions."""
+    rng = _rng(11)
+    old, new = (tf.constant(rng.normal(size=(N, sum(NVEC)))) for _ in range(2))
+    total = np.zeros(N)
+    for joint in np.ndindex(*NVEC):
+        a = tf.constant(np.tile(joint, (N, 1)))
+        lp_old = D.multi_categorical_log_prob(old, a, NVEC).numpy()
+        total += np.exp(lp_old) * (lp_old - D.multi_categorical_log_prob(new, a, NVEC).numpy())
+    assert D.multi_categorical_kl(old, new, NVEC).numpy() == pytest.approx(total.mean(),
+                                                                          rel=1e-10)
+
+
+def test_multi_categorical_refuses_empty_nvec():
+    with pytest.raises(ValueError, match="class counts"):
+        D.multi_categorical(())
+
+
 # Diagonal Gaussian -------------------------------------------------------------------------
 
 
@@ -264,6 +345,10 @@ def _outputs(case, rng, dtype):
         return D.DIAGONAL_GAUSSIAN, (t(logits), t(rng.uniform(-1, 1, size=(N, K))))
     if case == "gaussian_shared":
         return D.DIAGONAL_GAUSSIAN, (t(logits), t(rng.uniform(-1, 1, size=(K,))))
+    if case == "independent_bernoulli":
+        return D.INDEPENDENT_BERNOULLI, t(logits)
+    if case == "multi_categorical":
+        return D.multi_categorical(NVEC), t(rng.normal(size=(N, sum(NVEC))))
     raise AssertionError(case)
 
 
@@ -275,6 +360,8 @@ FVP_CASES = [
     "squared_error",
     "gaussian_per_sample",
     "gaussian_shared",
+    "independent_bernoulli",
+    "multi_categorical",
 ]
 
 
@@ -300,6 +387,7 @@ def test_fisher_vector_product_float32(case):
         numpy_flat(tf.nest.flatten(out)),
         numpy_flat(tf.nest.flatten(dist.fisher_vector_product(z64, u64))),
         rtol=1e-5,
+        atol=1e-7,  # u = 1 lies in a softmax Fisher's null space: its entries round to ~1e-9
     )
 
 

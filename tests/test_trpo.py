@@ -74,14 +74,23 @@ class _SpaceEnv(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
-@pytest.mark.parametrize("obs_space, act_space, which", [
-    (gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (2,))}), gym.spaces.Discrete(2), "observation"),
-    (gym.spaces.Box(-1, 1, (2, 2)), gym.spaces.Discrete(2), "observation"),
-    (gym.spaces.Box(-1, 1, (3,)), gym.spaces.MultiDiscrete([2, 3]), "action"),
-    (gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2, 2)), "action"),
+_BOX = gym.spaces.Box(-1, 1, (3,))
+
+
+@pytest.mark.parametrize("obs_space, act_space, which, name", [
+    (gym.spaces.Tuple((_BOX, _BOX)), gym.spaces.Discrete(2), "observation", "Tuple"),
+    (gym.spaces.Graph(_BOX, None), gym.spaces.Discrete(2), "observation", "Graph"),
+    (gym.spaces.Sequence(_BOX), gym.spaces.Discrete(2), "observation", "Sequence"),
+    (gym.spaces.Dict({"x": _BOX, "t": gym.spaces.Text(5)}), gym.spaces.Discrete(2),
+     "observation", "Text.*'t'"),
+    (gym.spaces.Dict({"d": gym.spaces.Dict({"x": _BOX})}), gym.spaces.Discrete(2),
+     "observation", "Dict.*'d'"),
+    (_BOX, gym.spaces.Box(-1, 1, (2, 2)), "action", "Box"),
+    (_BOX, gym.spaces.Tuple((gym.spaces.Discrete(2),)), "action", "Tuple"),
+    (_BOX, gym.spaces.MultiDiscrete([[2, 3], [2, 2]]), "action", "MultiDiscrete"),
 ])
-def test_unsupported_spaces_raise(obs_space, act_space, which):
-    with pytest.raises(ValueError, match=f"unsupported {which} space.*supported"):
+def test_unsupported_spaces_raise(obs_space, act_space, which, name):
+    with pytest.raises(ValueError, match=f"unsupported {which} space {name}.*supported"):
         TRPO(lambda: _SpaceEnv(obs_space, act_space), env_id="custom")
 
 
