@@ -24,6 +24,7 @@ import numpy as np
 
 import natgrad
 from agents.checkpoint import ENV_STATE_KEY, Checkpoint, CheckpointError
+from agents.rollout import resolve_env
 
 log = logging.getLogger("agents")
 
@@ -169,3 +170,33 @@ def restore_agent(agent, checkpoint: Checkpoint, *, trust_env_state: bool = Fals
                        "last_obs": _last_obs(checkpoint)},
             "sub_envs": sub_envs,
         }
+
+
+def agent_from_checkpoint(cls, checkpoint: Checkpoint, *, env=None, run_dir=None,
+                          trust_env_state: bool = False, strategy=None):
+    """A new ``cls`` (``agents.TRPO``) built from the checkpoint's configuration and put into
+    its state; ``env`` (an id, a ``gymnasium.Env`` or a factory) defaults to the saved id.
+
+    Raises:
+      CheckpointError: for another env than ``env``, or a file this version cannot use.
+    """
+    meta = checkpoint.meta
+    expected = resolve_env(env)[0] if isinstance(env, str) else None
+    if expected is not None and meta.get("env_id") != expected:
+        raise CheckpointError(f"checkpoint {checkpoint.path} was written for env "
+                              f"{meta.get('env_id')!r}, not {expected!r}")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"checkpoint {checkpoint.path} has no configuration")
+    settings = dict(meta["config"])
+    env_id = settings.pop("env_id", meta.get("env_id"))
+    try:
+        if env is None or isinstance(env, str):
+            agent = cls(env_id, run_dir=run_dir, strategy=strategy, **settings)
+        else:  # a gymnasium.Env or factory keeps the saved env id
+            agent = cls(env, run_dir=run_dir, strategy=strategy, env_id=env_id, **settings)
+    except TypeError as exc:  # a config field this version does not know
+        raise CheckpointError(f"checkpoint {checkpoint.path}: {exc}") from None
+    restore_agent(agent, checkpoint, trust_env_state=trust_env_state)
+    agent.run_id = meta.get("run_id") or agent.run_id
+    agent._saved_update = agent.updates
+    return agent

@@ -166,6 +166,32 @@ def claim_run_dir(run_dir: str | Path, run_id: str, config: dict, *,
         ProgressLogger(run_dir).truncate_after(resumed_at)
 
 
+def resume_point(run_dir: str | Path) -> tuple[str, dict, Checkpoint | None]:
+    """``(run_id, config, checkpoint)`` a resume of ``run_dir`` starts from: its newest usable
+    checkpoint, or ``None`` for a run stopped before its first one (it restarts in place).
+    Skipped checkpoints are logged (logger ``"agents"``).
+
+    Raises:
+      RunDirError: not a run, a run of natgrad 0.1, a foreign checkpoint, or checkpoints that
+        are all unusable.
+    """
+    run_dir = Path(run_dir)
+    run_id, config = read_run_config(run_dir)
+    if run_id is None:
+        raise RunDirError(f"{run_dir} was written by an older version of natgrad (its "
+                          "config.json has no run id) and cannot be resumed; start a new run")
+    checkpoint, notes = select_checkpoint(run_dir, run_id, config)
+    for note in notes:
+        log.warning("%s", note)
+    if checkpoint is None and notes:
+        raise RunDirError(f"{run_dir}: no usable checkpoint ({'; '.join(notes)})")
+    if checkpoint is None:
+        log.warning("%s has no checkpoint yet: the run restarts from its start", run_dir)
+    elif notes:
+        log.warning("resuming from %s", checkpoint.path)
+    return run_id, config, checkpoint
+
+
 class RunLock:
     """``with RunLock(run_dir):`` makes this process the run directory's one writer.
 

@@ -31,9 +31,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import natgrad
-from agents.agent_state import agent_checkpoint, restore_agent
+from agents.agent_state import agent_checkpoint, agent_from_checkpoint
 from agents.checkpoint import (
-    CheckpointError,
     checkpoint_path,
     list_checkpoints,
     read_checkpoint,
@@ -56,7 +55,7 @@ from agents.rollout import (
     normalize_advantages,
     resolve_env,
 )
-from agents.run_dir import RunDirError, RunLock, claim_run_dir, read_run_config, select_checkpoint
+from agents.run_dir import RunLock, claim_run_dir, resume_point
 from agents.spaces import ObservationEncoder, action_layout, map_obs
 from agents.stop_signals import StopSignals, TrainingInterrupted
 from agents.update import make_update_fn
@@ -394,32 +393,8 @@ class TRPO:
             corrupt or truncated, from an older natgrad, or for another env than ``env``.
         """
         checkpoint = path if not isinstance(path, (str, Path)) else read_checkpoint(path)
-        return cls._from_checkpoint(checkpoint, env=env, run_dir=run_dir,
-                                    trust_env_state=trust_env_state, strategy=strategy)
-
-    @classmethod
-    def _from_checkpoint(cls, checkpoint, *, env, run_dir, trust_env_state,
-                         strategy=None) -> TRPO:
-        meta = checkpoint.meta
-        expected = resolve_env(env)[0] if isinstance(env, str) else None
-        if expected is not None and meta.get("env_id") != expected:
-            raise CheckpointError(f"checkpoint {checkpoint.path} was written for env "
-                                  f"{meta.get('env_id')!r}, not {expected!r}")
-        if not isinstance(meta.get("config"), dict):
-            raise CheckpointError(f"checkpoint {checkpoint.path} has no configuration")
-        settings = dict(meta["config"])
-        env_id = settings.pop("env_id", meta.get("env_id"))
-        try:
-            if env is None or isinstance(env, str):
-                agent = cls(env_id, run_dir=run_dir, strategy=strategy, **settings)
-            else:  # a gymnasium.Env or factory keeps the saved env id
-                agent = cls(env, run_dir=run_dir, strategy=strategy, env_id=env_id, **settings)
-        except TypeError as exc:  # a config field this version does not know
-            raise CheckpointError(f"checkpoint {checkpoint.path}: {exc}") from None
-        restore_agent(agent, checkpoint, trust_env_state=trust_env_state)
-        agent.run_id = meta.get("run_id") or agent.run_id
-        agent._saved_update = agent.updates
-        return agent
+        return agent_from_checkpoint(cls, checkpoint, env=env, run_dir=run_dir,
+                                     trust_env_state=trust_env_state, strategy=strategy)
 
     @classmethod
     def resume(cls, run_dir, *, env=None, trust_env_state: bool = False,
@@ -435,26 +410,15 @@ class TRPO:
           RunDirError / CheckpointError (both ``ValueError``): naming what is wrong.
         """
         run_dir = Path(run_dir)
-        run_id, config = read_run_config(run_dir)
-        if run_id is None:
-            raise RunDirError(f"{run_dir} was written by an older version of natgrad (its "
-                              "config.json has no run id) and cannot be resumed; start a new run")
-        checkpoint, notes = select_checkpoint(run_dir, run_id, config)
-        for note in notes:
-            log.warning("%s", note)
-        if checkpoint is None and notes:
-            raise RunDirError(f"{run_dir}: no usable checkpoint ({'; '.join(notes)})")
-        if checkpoint is None:
-            log.warning("%s has no checkpoint yet: the run restarts from its start", run_dir)
+        run_id, config, checkpoint = resume_point(run_dir)
+        if checkpoint is None:  # stopped before its first checkpoint: restart in place
             settings = {k: v for k, v in config.items() if k != "env_id"}
             agent = cls(config["env_id"] if env is None else env, run_dir=run_dir,
                         strategy=strategy, **settings)
             agent.run_id = run_id
         else:
-            if notes:
-                log.warning("resuming from %s", checkpoint.path)
-            agent = cls._from_checkpoint(checkpoint, env=env, run_dir=run_dir,
-                                         trust_env_state=trust_env_state, strategy=strategy)
+            agent = agent_from_checkpoint(cls, checkpoint, env=env, run_dir=run_dir,
+                                          trust_env_state=trust_env_state, strategy=strategy)
         agent._resumed = True
         agent._newest_at_resume = (list_checkpoints(run_dir) or [None])[0]
         return agent
