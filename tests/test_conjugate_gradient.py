@@ -405,3 +405,25 @@ def test_status_names_and_result_fields():
     assert isinstance(result, natgrad.CGResult)
     assert result.iterations.dtype == tf.int32 and result.status.dtype == tf.int32
     np.testing.assert_allclose(result.x.numpy(), [0.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("case", ["spd", "early_convergence", "indefinite"])
+def test_unrolled_iterations_give_the_loop_s_result_bit_for_bit(case):
+    """``unroll=True`` (what tf.distribute needs) against the ``tf.while_loop`` version."""
+    rng = np.random.default_rng(7)
+    n = 3 if case == "early_convergence" else 12
+    a = rng.normal(size=(n, n))
+    matrix = a @ a.T + 0.1 * np.eye(n) if case != "indefinite" else a + a.T
+    b = tf.constant(rng.normal(size=n))
+
+    def matvec(v):
+        return tf.linalg.matvec(tf.constant(matrix), v)
+
+    loop = conjugate_gradient(matvec, b, max_iters=8)
+    unrolled = tf.function(lambda: conjugate_gradient(matvec, b, max_iters=8, unroll=True))()
+    for got, want in zip(unrolled, loop, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    if case == "early_convergence":
+        assert natgrad.STATUS_NAMES[int(loop.status)] == "converged" and int(loop.iterations) <= 4
+    with pytest.raises(ValueError, match="Python int"):
+        conjugate_gradient(matvec, b, max_iters=tf.constant(3), unroll=True)

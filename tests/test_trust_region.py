@@ -293,3 +293,31 @@ def test_lm_damping_clipped():
         max_damping=1e4,
     )
     assert float(high) == 1e4
+
+
+@pytest.mark.parametrize("direction, accepted", [([1.0, 1.0], True), ([-5.0, -5.0], False)])
+def test_unrolled_line_search_matches_the_loop(direction, accepted):
+    """``unroll=True`` (no graph control flow, for tf.distribute): same result, same variables,
+    and an exact restore when nothing passes."""
+    results = []
+    for unroll in (False, True):
+        v = tf.Variable([1.0, 2.0], dtype=tf.float64)
+
+        def evaluate(v=v):
+            return tf.reduce_sum((v - 0.7) ** 2), tf.reduce_sum((v - 1.0) ** 2) / 1e3
+
+        @tf.function
+        def search(v=v, evaluate=evaluate, unroll=unroll):
+            return backtracking_line_search(
+                [v], [tf.constant(direction, tf.float64)], evaluate,
+                loss_before=evaluate()[0], max_kl=0.01, unroll=unroll)
+
+        result = search()
+        results.append(([np.asarray(x) for x in result], v.numpy().copy()))
+    (loop, loop_v), (unrolled, unrolled_v) = results
+    for a, b in zip(loop, unrolled, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loop_v, unrolled_v)
+    assert bool(loop[0]) is accepted
+    if not accepted:
+        np.testing.assert_array_equal(unrolled_v, [1.0, 2.0])
