@@ -15,9 +15,15 @@ Every time is the median of ``--repeats`` calls after a warm-up (tracing exclude
 2-core machine two workers share the two cores that one process had, so the distributed step
 is not faster here: the point is what a collective costs and how many a step makes.
 
+``--trpo STEPS`` also times the whole TRPO recipe, ``natgrad-trpo train CartPole-v1 --steps
+STEPS`` with ``--workers 2`` and without, one after the other: wall time from process start,
+the first update's time (cluster start, tracing) and the env steps per second after it, from
+each run's ``progress.csv``.
+
 Usage::
 
     python scripts/bench_distributed.py                 # ~1-2 min on 2 cores
+    python scripts/bench_distributed.py --trpo 20000    # + ~2 min
     python scripts/bench_distributed.py --batch 2048 --out-json /tmp/dist.json
 """
 
@@ -142,10 +148,30 @@ def run_cluster(workers: int, batch: int, repeats: int) -> dict:
     return json.loads(outputs[0][0].strip().splitlines()[-1])
 
 
+def time_trpo(steps: int, workers: int, out: Path) -> dict:
+    """Wall time of ``natgrad-trpo train CartPole-v1`` (from process start) and, from its
+    progress.csv, the first update's seconds and the env steps per second after it."""
+    import csv
+
+    argv = [sys.executable, "-m", "agents", "train", "CartPole-v1", "--steps", str(steps),
+            "--out", str(out)] + (["--workers", str(workers)] if workers > 1 else [])
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, timeout=1800)
+    wall = time.perf_counter() - start
+    with open(out / "progress.csv") as f:
+        rows = [(float(r["env_steps"]), float(r["wall_time"])) for r in csv.DictReader(f)]
+    (first_steps, first_time), (last_steps, last_time) = rows[0], rows[-1]
+    return {"workers": workers, "wall_s": wall, "first_update_s": first_time,
+            "steps_per_s_after_first": (last_steps - first_steps) / (last_time - first_time),
+            "eval": json.loads((out / "eval.json").read_text())["mean_return"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8192, help="global batch (states)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--trpo", type=int, default=0, metavar="STEPS",
+                        help="also time the TRPO recipe for STEPS env steps, 2 workers vs 1")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out-json", default="bench_results/distributed.json")
     args = parser.parse_args()
@@ -174,6 +200,18 @@ def main() -> int:
           f"{double['step_s'] / single['step_s']:.2f}x")
     record = {"batch": args.batch, "single": single, "two_workers": double,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+    if args.trpo:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = [time_trpo(args.trpo, w, Path(tmp) / f"w{w}") for w in (2, 1)]
+        print(f"\nnatgrad-trpo train CartPole-v1 --steps {args.trpo}:\n")
+        print("| workers | wall time | first update | env steps/s after it | eval return |")
+        print("|---|---|---|---|---|")
+        for run in runs:
+            print(f"| {run['workers']} | {run['wall_s']:.1f} s | {run['first_update_s']:.1f} s | "
+                  f"{run['steps_per_s_after_first']:,.0f} | {run['eval']:.1f} |")
+        record["trpo"] = runs
     Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out_json).write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nJSON: {args.out_json}")
