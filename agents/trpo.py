@@ -276,15 +276,15 @@ class TRPO:
         policy_advantages = (normalize_advantages(advantages)  # across workers: in the update
                              if cfg.normalize_advantages and self.num_workers == 1
                              else advantages)
-        for name, values in (("the return", returns), ("the advantage", policy_advantages)):
-            check_finite(name, _flat(values).astype(np.float32), self.num_timesteps, cfg.n_envs)
+        update_advantages = _flat(policy_advantages).astype(np.float32)
+        update_returns = _flat(returns).astype(np.float32)
+        check_finite("the return", update_returns, self.num_timesteps, cfg.n_envs)
+        check_finite("the advantage", update_advantages, self.num_timesteps, cfg.n_envs)
         critic_order = np.stack([rng.permutation(cfg.batch_size)
                                  for _ in range(cfg.critic_epochs)]).astype(np.int32)
         # 3 + 4. Natural-gradient policy step and value fit, in one compiled call.
-        stats = self._update_fn(
-            _flat(rollout.obs), _flat(rollout.actions),
-            _flat(policy_advantages).astype(np.float32), _flat(returns).astype(np.float32),
-            critic_order)
+        stats = self._update_fn(_flat(rollout.obs), _flat(rollout.actions), update_advantages,
+                                update_returns, critic_order)
         stats = {k: v.numpy() for k, v in stats.items()}
         if not (stats.pop("weights_finite") and np.isfinite(stats["value_loss"])):
             raise NonFiniteError(
