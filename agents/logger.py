@@ -64,24 +64,18 @@ class ProgressLogger:
     def _log_tensorboard(self, row: dict) -> None:
         if self._writer is False:
             return
-        if self._writer is None:
-            try:
+        try:  # TensorBoard may be missing: creating the writer or the first scalar then fails
+            if self._writer is None:
                 import tensorflow as tf
 
                 self._writer = tf.summary.create_file_writer(str(self.run_dir / "tb"))
                 self._summary = tf.summary
-            except Exception as exc:  # noqa: BLE001 - TensorBoard missing or broken
-                log.warning("TensorBoard logging is off (%s); progress.csv is still written",
-                            " ".join(str(exc).split()) or type(exc).__name__)
-                self._writer = False
-                return
-        try:
             with self._writer.as_default(step=int(row["env_steps"])):
                 for key in PROGRESS_KEYS[1:]:
                     value = float(row[key])
                     if math.isfinite(value):
                         self._summary.scalar(key, value)
-        except Exception as exc:  # noqa: BLE001 - e.g. TensorBoard missing at the first scalar
+        except Exception as exc:  # noqa: BLE001 - TensorBoard missing or broken
             log.warning("TensorBoard logging is off (%s); progress.csv is still written",
                         " ".join(str(exc).split()) or type(exc).__name__)
             self._writer = False

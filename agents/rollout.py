@@ -240,10 +240,8 @@ def _store(buffer, index, value) -> None:
 
 
 def _check_obs(name: str, raw_obs, first_step: int, n_envs: int) -> None:
-    """:func:`check_finite` on every floating leaf of a raw observation batch."""
-    if not isinstance(raw_obs, dict):
-        check_finite(name, raw_obs, first_step, n_envs)
-        return
+    """:func:`check_finite` on every floating leaf of a raw observation batch (integer leaves,
+    such as uint8 frames, cannot be NaN and are not copied to float64 for nothing)."""
     for key, leaf in obs_leaves(raw_obs):
         leaf = np.asarray(leaf)
         if leaf.dtype.kind == "f":
