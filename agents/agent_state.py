@@ -3,11 +3,14 @@
 A checkpoint (:mod:`agents.checkpoint`) is JSON plus named arrays:
 
 * arrays ``policy/NNN``, ``value/NNN``, ``policy_optimizer/NNN``, ``value_optimizer/NNN`` (the
-  variables in order), ``obs_rms/mean``, ``obs_rms/var``, ``worker/running_returns``,
+  variables in order), ``obs_rms/mean``, ``obs_rms/var``, ``reward_rms/mean``,
+  ``reward_rms/var``, ``reward_rms/returns`` (with ``normalize_reward``),
+  ``worker/running_returns``,
   ``worker/last_obs`` (``worker/last_obs/<key>`` per key of a ``Dict`` observation);
 * JSON: ``env_id``, ``run_id``, ``config`` (every :class:`TRPOConfig` field), ``num_timesteps``,
-  ``updates``, ``wall_time``, the NumPy ``rng`` state, the normalizer's ``count``/``clip``/
-  ``epsilon``, the return window, and the ``history`` of progress rows;
+  ``updates``, ``wall_time``, the NumPy ``rng`` state, the normalizers' ``count``/``clip``/
+  ``epsilon`` (and the reward scaler's ``gamma``), the return window, and the ``history`` of
+  progress rows;
 * only with ``save_env_state=True``: the sub-environments of a ``"sync"`` vector env, pickled
   (see :mod:`agents.checkpoint` for when they are unpickled).
 
@@ -69,6 +72,12 @@ def agent_checkpoint(agent) -> tuple[dict, dict[str, np.ndarray]]:
         rms = agent.obs_rms
         meta["obs_rms"] = {"count": rms.count, "clip": rms.clip, "epsilon": rms.epsilon}
         arrays["obs_rms/mean"], arrays["obs_rms/var"] = rms.mean, rms.var
+    meta["reward_rms"] = None
+    if agent.reward_scaler is not None:
+        state = agent.reward_scaler.state()
+        meta["reward_rms"] = {k: state[k] for k in ("count", "clip", "epsilon", "gamma")}
+        for key in ("mean", "var", "returns"):
+            arrays[f"reward_rms/{key}"] = np.asarray(state[key], np.float64)
     worker = agent._worker
     if worker is not None:
         meta["worker"] = {"episode_returns": list(worker.episode_returns),
@@ -140,6 +149,16 @@ def restore_agent(agent, checkpoint: Checkpoint, *, trust_env_state: bool = Fals
         counters = (int(meta["num_timesteps"]), int(meta["updates"]), float(meta["wall_time"]))
         history = [dict(row) for row in meta["history"]]
         rms_meta, worker_meta = meta["obs_rms"], meta["worker"]
+        reward_meta = meta.get("reward_rms")
+        reward_state = None
+        if agent.reward_scaler is not None and reward_meta is not None:
+            reward_state = {**reward_meta, **{k: _array(checkpoint, f"reward_rms/{k}")
+                                               for k in ("mean", "var", "returns")}}
+            if np.shape(reward_state["returns"]) != (agent.config.n_envs,):
+                raise ValueError(f"reward_rms/returns has shape "
+                                 f"{np.shape(reward_state['returns'])}")
+            if not all(np.all(np.isfinite(reward_state[k])) for k in ("mean", "var", "returns")):
+                raise ValueError("reward_rms holds NaN or infinite values")
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["rng"]
     except (KeyError, TypeError, ValueError) as exc:
@@ -153,6 +172,8 @@ def restore_agent(agent, checkpoint: Checkpoint, *, trust_env_state: bool = Fals
     if agent.obs_rms is not None and rms_meta is not None:
         agent.obs_rms.load_state({**rms_meta, "mean": _array(checkpoint, "obs_rms/mean"),
                                   "var": _array(checkpoint, "obs_rms/var")})
+    if reward_state is not None:
+        agent.reward_scaler.load_state(reward_state)
     agent._worker = None
     agent._pending_env_state = None
     if worker_meta is not None:

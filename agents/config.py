@@ -55,6 +55,9 @@ class TRPOConfig:
     critic_batch_size: int = _help("Minibatch size of the value fit.", 128)
     normalize_obs: bool = _help("Standardize observations with running statistics (clip 10).",
                                 False)
+    normalize_reward: bool = _help(
+        "Divide rewards by the running std of the discounted return (clip 10), as SB3's "
+        "VecNormalize; reported episode returns stay unscaled.", False)
     normalize_advantages: bool = _help("Standardize advantages to mean 0, std 1 per batch.", True)
     log_std_init: float = _help("Initial log standard deviation of a Gaussian policy.", 0.0)
     checkpoint_every: int = _help("Write a checkpoint every this many updates (and at the end).",
@@ -115,7 +118,7 @@ class TRPOConfig:
                 f"{self.batch_size} states for the Fisher: the trust region would rest on too "
                 f"few states and every step would be rejected (accepted: at most "
                 f"{max(1, self.batch_size // MIN_FISHER_SAMPLES)} with this batch)")
-        for name in ("normalize_obs", "normalize_advantages", "save_env_state"):
+        for name in ("normalize_obs", "normalize_reward", "normalize_advantages", "save_env_state"):
             need(isinstance(getattr(self, name), bool), name, "true or false")
         if problems:
             raise ValueError("invalid TRPO configuration: " + "; ".join(problems))

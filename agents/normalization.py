@@ -1,4 +1,4 @@
-"""Running observation statistics and the standardization they define.
+"""Running observation statistics and the standardization they define; reward scaling.
 
 ``RunningMeanStd`` keeps the mean and variance of every observation seen so far and merges a
 new batch with the parallel-variance formula of Chan et al. (1979): for counts ``n_a, n_b``,
@@ -12,6 +12,11 @@ means ``μ_a, μ_b`` and variances ``σ²_a, σ²_b``, with ``δ = μ_b − μ_a
 from __future__ import annotations
 
 import numpy as np
+
+
+def clip(x: np.ndarray, bound: float) -> np.ndarray:
+    """``np.clip(x, -bound, bound)`` (same values, NaN kept) at a third of its call cost."""
+    return np.minimum(np.maximum(x, -bound), bound)
 
 
 class RunningMeanStd:
@@ -28,8 +33,11 @@ class RunningMeanStd:
         """Merges a batch ``[B, *shape]`` into the statistics."""
         batch = np.asarray(batch, np.float64)
         batch_count = batch.shape[0]
-        batch_mean = batch.mean(axis=0)
-        batch_var = batch.var(axis=0)
+        # np.mean / np.var's arithmetic, without their per-call overhead (~40 µs on a few rows;
+        # this runs every env step).
+        batch_mean = np.add.reduce(batch, axis=0) / batch_count
+        deviation = batch - batch_mean
+        batch_var = np.add.reduce(deviation * deviation, axis=0) / batch_count
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
@@ -40,7 +48,7 @@ class RunningMeanStd:
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """``clip((x − μ) / sqrt(σ² + ε))`` as float32, same shape as ``x``."""
         z = (np.asarray(x, np.float64) - self.mean) / np.sqrt(self.var + self.epsilon)
-        return np.clip(z, -self.clip, self.clip).astype(np.float32)
+        return clip(z, self.clip).astype(np.float32)
 
     def state(self) -> dict:
         return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count,
@@ -52,3 +60,40 @@ class RunningMeanStd:
         self.count = float(state["count"])
         self.clip = float(state["clip"])
         self.epsilon = float(state["epsilon"])
+
+
+class RewardScaler:
+    """Rewards divided by the running std of the discounted return, as SB3's ``VecNormalize``.
+
+    Per env a discounted return ``G ← γ G + r`` is kept (zeroed when an episode ends); its
+    running variance ``σ²_G`` (a :class:`RunningMeanStd` over every env's ``G``, updated each
+    step) sets the scale: ``r̃ = clip(r / sqrt(σ²_G + ε), −clip, clip)``. The mean is not
+    subtracted, so the sign of every reward, and thus which outcomes are better, is kept.
+    """
+
+    def __init__(self, n_envs: int, gamma: float, *, clip: float = 10.0,
+                 epsilon: float = 1e-8):
+        self.rms = RunningMeanStd((), clip=clip, epsilon=epsilon)
+        self.gamma = float(gamma)
+        self.returns = np.zeros(n_envs, np.float64)
+
+    def scale(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        """Updates the statistics with one vector step; returns the scaled rewards ``[E]``."""
+        rewards = np.asarray(rewards, np.float64)
+        self.returns = self.gamma * self.returns + rewards
+        self.rms.update(self.returns)
+        scaled = clip(rewards / np.sqrt(self.rms.var + self.rms.epsilon), self.rms.clip)
+        self.returns = np.where(dones, 0.0, self.returns)
+        return scaled
+
+    def state(self) -> dict:
+        return {**self.rms.state(), "gamma": self.gamma, "returns": self.returns.copy()}
+
+    def load_state(self, state: dict) -> None:
+        self.rms.load_state(state)
+        self.gamma = float(state["gamma"])
+        returns = np.array(state["returns"], np.float64)
+        if returns.shape != self.returns.shape:
+            raise ValueError(f"reward scaler state for {returns.shape[0]} envs, "
+                             f"not {self.returns.shape[0]}")
+        self.returns = returns

@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from agents.env_factories import make_env, register_env_family
-from agents.normalization import RunningMeanStd
+from agents.normalization import RewardScaler, RunningMeanStd
 from agents.spaces import (  # noqa: F401 - check_spaces, env_actions: re-exported
     SUPPORTED_SPACES,
     ObservationEncoder,
@@ -75,7 +75,10 @@ def check_finite(name: str, values, first_step: int, n_envs: int) -> None:
     env step ``first_step + k + 1`` (counted from the start of training, ``first_step`` a
     multiple of ``n_envs`` at a batch start) by env ``(first_step + k) % n_envs``.
     """
-    values = np.asarray(values, np.float64)
+    values = np.asarray(values)
+    if values.dtype.kind in "biu" or np.isfinite(values).all():  # the every-step fast path
+        return
+    values = values.astype(np.float64)
     bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
@@ -129,8 +132,10 @@ class Rollout(NamedTuple):
     """One batch, time-major. ``obs``/``bootstrap_obs`` ``[T, E, obs_dim]``, or a dict of such
     arrays with images (:class:`agents.spaces.ObservationEncoder`; the vector part normalized
     when observation normalization is on), ``actions`` ``[T, E]`` or ``[T, E, D]`` (unclipped),
-    ``rewards``/``terminated``/``truncated`` ``[T, E]`` (unnormalized env rewards).
-    ``bootstrap_obs[t]`` is ``s_{t+1}``, or the final observation where an episode ended."""
+    ``rewards``/``terminated``/``truncated`` ``[T, E]`` (unnormalized env rewards),
+    ``train_rewards`` ``[T, E]`` (the rewards to learn from: scaled by the worker's
+    :class:`RewardScaler` when it has one, else ``rewards``). ``bootstrap_obs[t]`` is
+    ``s_{t+1}``, or the final observation where an episode ended."""
 
     obs: np.ndarray
     actions: np.ndarray
@@ -138,16 +143,19 @@ class Rollout(NamedTuple):
     terminated: np.ndarray
     truncated: np.ndarray
     bootstrap_obs: np.ndarray
+    train_rewards: np.ndarray
 
 
 class RolloutWorker:
     """Steps ``envs`` with a policy's NumPy snapshot and tracks finished-episode returns."""
 
     def __init__(self, envs: gym.vector.VectorEnv, policy, obs_rms: RunningMeanStd | None,
-                 encoder: ObservationEncoder | None = None):
+                 encoder: ObservationEncoder | None = None,
+                 reward_scaler: RewardScaler | None = None):
         self.envs = envs
         self.policy = policy
         self.obs_rms = obs_rms
+        self.reward_scaler = reward_scaler
         self.encoder = encoder or ObservationEncoder(envs.single_observation_space)
         self.action_space = envs.single_action_space
         self.action_dtype = action_layout(self.action_space)[1]
@@ -160,6 +168,8 @@ class RolloutWorker:
         """Resets every env (env ``i`` gets ``seed + i``)."""
         self.last_obs, _ = self.envs.reset(seed=seed)
         self._observe(self.last_obs)
+        if self.reward_scaler is not None:  # every episode starts again
+            self.reward_scaler.returns[:] = 0.0
 
     def _observe(self, raw_obs) -> None:
         if self.obs_rms is not None:
@@ -183,6 +193,7 @@ class RolloutWorker:
         boot_buf = self.encoder.zeros((n_steps, n_envs))
         actions_buf = None
         rewards = np.zeros((n_steps, n_envs))
+        train_rewards = rewards if self.reward_scaler is None else np.zeros((n_steps, n_envs))
         terminated = np.zeros((n_steps, n_envs), bool)
         truncated = np.zeros((n_steps, n_envs), bool)
         for t in range(n_steps):
@@ -202,6 +213,8 @@ class RolloutWorker:
             rewards[t], terminated[t], truncated[t] = reward, term, trunc
             self.running_returns += reward
             done = term | trunc
+            if self.reward_scaler is not None:
+                train_rewards[t] = self.reward_scaler.scale(reward, done)
             if done.any():
                 for i in np.flatnonzero(done):
                     final = self.encoder.stack([infos["final_obs"][i]])
@@ -212,7 +225,8 @@ class RolloutWorker:
                     self.running_returns[i] = 0.0
             obs = next_obs
             self.last_obs = raw_obs
-        return Rollout(obs_buf, actions_buf, rewards, terminated, truncated, boot_buf)
+        return Rollout(obs_buf, actions_buf, rewards, terminated, truncated, boot_buf,
+                       train_rewards)
 
     def mean_return(self) -> float:
         """Mean unnormalized return of the last up-to-20 finished episodes (NaN if none)."""

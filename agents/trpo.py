@@ -42,7 +42,7 @@ from agents.config import TRPOConfig, resolve_config
 from agents.evaluation import EVAL_SEED_OFFSET, evaluate_policy
 from agents.logger import PROGRESS_KEYS, ProgressLogger
 from agents.networks import build_networks
-from agents.normalization import RunningMeanStd
+from agents.normalization import RewardScaler, RunningMeanStd
 from agents.rollout import (
     NonFiniteError,
     RolloutWorker,
@@ -111,10 +111,12 @@ class TRPO:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.strategy = strategy
         self.worker_index, self.num_workers = worker_position(strategy)
-        if self.num_workers > 1 and (cfg.normalize_obs or cfg.on_non_finite == "skip"):
+        if self.num_workers > 1 and (cfg.normalize_obs or cfg.normalize_reward
+                                     or cfg.on_non_finite == "skip"):
             raise ValueError(
-                "with several workers, normalize_obs must be false (each worker's running "
-                "statistics would differ) and on_non_finite 'stop' (a skipped batch on one "
+                "with several workers, normalize_obs and normalize_reward must be false (each "
+                "worker's running statistics would differ) and on_non_finite 'stop' (a "
+                "skipped batch on one "
                 "worker would leave the others waiting); both are not supported yet")
         self.rng = np.random.default_rng(cfg.seed)
         self._predict_rng = np.random.default_rng([cfg.seed, 1])
@@ -140,6 +142,8 @@ class TRPO:
         self.policy, self.value = build_networks(self.encoder, self.action_space, cfg, self.rng)
         self.obs_rms = (RunningMeanStd((self.encoder.vector_dim,))
                         if cfg.normalize_obs and self.encoder.vector_dim else None)
+        self.reward_scaler = (RewardScaler(cfg.n_envs, cfg.gamma) if cfg.normalize_reward
+                              else None)
         self.policy_optimizer = natgrad.NaturalGradient(
             learning_rate=1.0, max_kl=cfg.max_kl, damping=cfg.cg_damping, cg_iters=cfg.cg_iters,
             line_search_shrink=cfg.line_search_shrink,
@@ -243,14 +247,17 @@ class TRPO:
 
     def _snapshot(self) -> tuple:
         variables = [v.numpy() for v in self._all_variables()]
-        return variables, None if self.obs_rms is None else self.obs_rms.state()
+        return (variables, None if self.obs_rms is None else self.obs_rms.state(),
+                None if self.reward_scaler is None else self.reward_scaler.state())
 
     def _restore(self, snapshot: tuple) -> None:
-        variables, obs_rms = snapshot
+        variables, obs_rms, reward_scaler = snapshot
         for variable, value in zip(self._all_variables(), variables, strict=True):
             variable.assign(value)
         if obs_rms is not None:
             self.obs_rms.load_state(obs_rms)
+        if reward_scaler is not None:
+            self.reward_scaler.load_state(reward_scaler)
 
     def _all_variables(self) -> list:
         return [*self.policy.trainable_variables, *self.value.trainable_variables,
@@ -270,7 +277,7 @@ class TRPO:
             rollout.rewards.shape)
         next_values = self.value.numpy_values(value_params, _flat(rollout.bootstrap_obs)).reshape(
             rollout.rewards.shape)
-        advantages, returns = compute_gae(rollout.rewards, values, next_values,
+        advantages, returns = compute_gae(rollout.train_rewards, values, next_values,
                                           rollout.terminated, rollout.truncated,
                                           cfg.gamma, cfg.gae_lambda)
         policy_advantages = (normalize_advantages(advantages)  # across workers: in the update
@@ -324,13 +331,16 @@ class TRPO:
             return self._worker
         cfg = self.config
         envs = make_vector_env(self._env_factory, cfg.n_envs, cfg.vectorization)
-        worker = RolloutWorker(envs, self.policy, self.obs_rms, self.encoder)
+        worker = RolloutWorker(envs, self.policy, self.obs_rms, self.encoder,
+                               self.reward_scaler)
         pending, self._pending_env_state = self._pending_env_state, None
         seed = cfg.seed + 10_007 * self.worker_index  # workers' envs are seeded apart
         if pending is None:
             worker.reset(seed)
         else:
-            saved_obs_rms = None if self.obs_rms is None else self.obs_rms.state()
+            # A reset feeds the first observations to the normalizers: keep their saved state.
+            obs_state = None if self.obs_rms is None else self.obs_rms.state()
+            reward_state = None if self.reward_scaler is None else self.reward_scaler.state()
             if pending["sub_envs"] is not None and isinstance(envs, gym.vector.SyncVectorEnv):
                 envs.envs = pending["sub_envs"]
                 worker.load_state(pending["worker"])
@@ -338,8 +348,12 @@ class TRPO:
                 worker.reset(seed + self.updates)
                 worker.load_state({**pending["worker"], "last_obs": worker.last_obs,
                                    "running_returns": np.zeros(cfg.n_envs)})
-            if saved_obs_rms is not None:
-                self.obs_rms.load_state(saved_obs_rms)
+                if reward_state is not None:
+                    reward_state["returns"] = np.zeros(cfg.n_envs)
+            if obs_state is not None:
+                self.obs_rms.load_state(obs_state)
+            if reward_state is not None:
+                self.reward_scaler.load_state(reward_state)
         self._worker = worker
         return worker
 

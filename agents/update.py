@@ -18,6 +18,11 @@ policy step averages its loss, gradient, Fisher products and line search over th
 (:mod:`natgrad.distribute`), the value fit's gradients are summed by Keras' optimizer from
 losses scaled by ``1 / workers``, and every worker applies the same change. Collectives may
 not sit inside graph loops on CPU, so there the value-fit loop is unrolled.
+
+The function is traced without AutoGraph (``autograph=False``): every loop and branch in it,
+natgrad's included, is an explicit ``tf.while_loop``/``tf.cond`` or plain Python on static
+values. AutoGraph's source-to-source conversion of those modules cost ~6 s of tracing per agent
+(of ~6.5 s; measured with ``scripts/profile_trpo.py``), more than all of CartPole's TF updates.
 """
 
 from __future__ import annotations
@@ -76,16 +81,25 @@ def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_sp
         return tf.reduce_mean(tf.square(value(obs) - returns))
 
     def fit_value(obs, returns, critic_order):
-        # tf.range makes graph loops; under a strategy Python ranges unroll them.
-        epochs = tf.range if strategy is None else range
-        for epoch in epochs(cfg.critic_epochs):
-            for b in epochs(batches_per_epoch):
-                idx = critic_order[epoch, b * cfg.critic_batch_size:
-                                   (b + 1) * cfg.critic_batch_size]
-                with tf.GradientTape() as tape:
-                    loss = value_loss(_rows(obs, idx), tf.gather(returns, idx)) / replicas
-                grads = tape.gradient(loss, value_vars)
-                value_optimizer.apply_gradients(zip(grads, value_vars, strict=True))
+        def minibatch(epoch, b):
+            idx = critic_order[epoch, b * cfg.critic_batch_size:
+                               (b + 1) * cfg.critic_batch_size]
+            with tf.GradientTape() as tape:
+                loss = value_loss(_rows(obs, idx), tf.gather(returns, idx)) / replicas
+            grads = tape.gradient(loss, value_vars)
+            value_optimizer.apply_gradients(zip(grads, value_vars, strict=True))
+
+        if strategy is None:  # one graph loop over every minibatch of every epoch
+            def body(i):
+                minibatch(i // batches_per_epoch, i % batches_per_epoch)
+                return (i + 1,)
+
+            tf.while_loop(lambda i: i < cfg.critic_epochs * batches_per_epoch, body,
+                          (tf.constant(0),))
+        else:  # collectives may not sit in graph loops on CPU: unrolled
+            for epoch in range(cfg.critic_epochs):
+                for b in range(batches_per_epoch):
+                    minibatch(epoch, b)
         return value_loss(obs, returns)
 
     def standardize(advantages):
@@ -95,7 +109,7 @@ def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_sp
         std = tf.sqrt(mean(tf.reduce_mean(tf.square(advantages - mu))))
         return (advantages - mu) / (std + 1e-8)
 
-    @tf.function(input_signature=[
+    @tf.function(autograph=False, input_signature=[
         obs_signature, action_signature, tf.TensorSpec([n], tf.float32),
         tf.TensorSpec([n], tf.float32), tf.TensorSpec([cfg.critic_epochs, n], tf.int32)])
     def update(obs, actions, advantages, returns, critic_order):

@@ -1,37 +1,47 @@
-"""Benchmark natgrad's TRPO agent: returns over seeds against targets, and training speed.
+"""natgrad's TRPO against sb3-contrib's, side by side in one invocation: returns and speed.
 
-Returns mode (the default) trains every ``(env, seed)`` pair for its budget (``--steps`` or the
-env's preset), each into its own run directory ``OUT_DIR/runs/<env>-seed<s>``, sequentially or
-on a small process pool (``--workers``, one TensorFlow thread per worker when there are
-several). Each run is then evaluated deterministically on fresh environments (seeded apart from
-training, as ``natgrad-trpo train`` does; the result is also the run's ``eval.json``). Written:
+Every run, on either side, is its own process, started and timed by this script the same way
+(interpreter start-up, imports, env construction, tracing, logging and checkpoints all count):
 
-* ``OUT_DIR/summary.json``: per env the budget, the seeds, each seed's evaluation mean return
-  and training wall time, the mean and (population) std over seeds, and the target check —
-  the mean over seeds must reach CartPole-v1 >= 475, Pendulum-v1 >= -200, Acrobot-v1 >= -90;
-* ``OUT_DIR/learning_curves.png``: return against steps and wall time, seeds averaged
-  (:func:`agents.plotting.plot_learning_curves`);
-* a table on stdout.
+* natgrad: this script re-run with ``--child`` (the preset of the env, ``--set`` overrides);
+* sb3-contrib: ``scripts/sb3_peer.py`` under ``--peer-python`` (a virtual environment with
+  ``sb3-contrib``, CPU ``torch`` and ``gymnasium[mujoco]``; see README "Benchmarks"), with the
+  RL Zoo settings. Without such an interpreter the peer side is skipped, with a message saying
+  how to make one, and only natgrad's figures are printed.
 
-Speed mode (``--speed``) times 100k CartPole-v1 steps with the preset (2 envs x 512 steps per
-update) in this process. The clock starts when this script starts running, before TensorFlow is
-imported, and stops when ``learn`` returns: imports, environment construction, graph tracing,
-logging and checkpoints all count; only the interpreter's own start-up does not. The time is
-compared with sb3-contrib's TRPO on the same task and machine type (65 s); the target is a third
-of it (<= 22 s). Results go to ``OUT_DIR/speed.json``.
+**Returns mode** (the default) trains each ``(env, seed)`` to each of ``--budgets`` in turn
+(default: 100k, plus 300k and 1M for MuJoCo envs, or each env's preset budget for the others)
+and evaluates deterministically after each budget (10 episodes on a fresh env seeded
+``seed + 10000``, unnormalized returns, observation statistics frozen), on ``--workers``
+processes at a time (one thread each). It prints one row per env and budget: the mean ± std
+over seeds of both sides, the difference, and the whole-process wall time per run of both
+sides, and writes ``OUT_DIR/summary.json`` (per-seed figures included) and natgrad's learning
+curves ``OUT_DIR/learning_curves.png``. Exit status 1 when a classic-control mean misses its
+target (CartPole-v1 >= 475, Pendulum-v1 >= -200, Acrobot-v1 >= -90).
+
+**Speed mode** (``--speed``) times 100k steps of CartPole-v1 and Hopper-v5 (``--envs`` to
+change), one process at a time so that nothing else shares the cores, natgrad then peer, then
+again in the other order (``--repeats``): whole process from ``exec`` to exit, less the final
+evaluation, which each side reports. The target is natgrad <= 1/3 of sb3-contrib's time;
+exit status 1 when it is missed. Evaluation returns are printed too (speed must not cost
+returns). Writes ``OUT_DIR/speed.json``.
+
+Absolute seconds depend on the machine (machines of one type differ by up to 2x): compare the
+ratio, which both sides share.
 
 Usage::
 
-    python scripts/bench_trpo.py                                  # 3 envs x 5 seeds, presets
-    python scripts/bench_trpo.py --envs CartPole-v1 --seeds 2 --steps 20000 --workers 2
-    python scripts/bench_trpo.py --speed
+    python scripts/bench_trpo.py --peer-python .venv-sb3/bin/python --speed
+    python scripts/bench_trpo.py --peer-python .venv-sb3/bin/python \\
+        --envs Hopper-v5 --seeds 5 --budgets 100000 300000
+    python scripts/bench_trpo.py --envs CartPole-v1 Pendulum-v1 Acrobot-v1   # natgrad only
 """
 
 from __future__ import annotations
 
 import time
 
-SCRIPT_START = time.perf_counter()  # first statement: the speed clock excludes only start-up
+CHILD_START = time.perf_counter()  # in --child mode: the clock of its own report
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -40,210 +50,373 @@ import os  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from multiprocessing import get_context  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+HERE = Path(__file__).resolve().parent
+PEER_SCRIPT = HERE / "sb3_peer.py"
+MUJOCO_ENVS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
 DEFAULT_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1")
+SPEED_ENVS = ("CartPole-v1", "Hopper-v5")
+SPEED_STEPS = 100_000
+SPEED_TARGET_RATIO = 1 / 3
 TARGETS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0, "Acrobot-v1": -90.0,
            "MiniGrid-Empty-5x5-v0": 0.9}
-SPEED_ENV = "CartPole-v1"
-SPEED_STEPS = 100_000
-SB3_CONTRIB_SECONDS = 65.0  # sb3-contrib TRPO, same task, measured on these machines
-SPEED_TARGET_SECONDS = 22.0  # a third of the reference
+# RL Baselines3 Zoo's published TRPO results at 1M steps (one run, v3 envs).
+ZOO_1M = {"Hopper-v5": 3618.0, "HalfCheetah-v5": 1785.0, "Walker2d-v5": 4933.0}
+RESULT_PREFIXES = ("NATGRAD_RESULT ", "SB3_RESULT ")
+SB3_PEER_HELP = (
+    "make one with: python -m venv .venv-sb3 && .venv-sb3/bin/pip install torch "
+    "--index-url https://download.pytorch.org/whl/cpu && .venv-sb3/bin/pip install sb3-contrib "
+    "'gymnasium[mujoco]', then pass --peer-python .venv-sb3/bin/python (or set "
+    "NATGRAD_PEER_PYTHON)")
 
 
-def _limit_threads() -> None:
-    """Pool initializer: one TensorFlow thread per worker, so workers do not oversubscribe."""
-    os.environ["TF_NUM_INTRAOP_THREADS"] = "1"
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+# The natgrad side: one run in this process (--child) --------------------------------------
+
+def child(args) -> int:
+    """Trains one seed to each budget in turn, evaluates after each; prints one JSON line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def train_and_evaluate(env_id: str, seed: int, steps: int | None, run_dir: str,
-                       eval_episodes: int | None) -> dict:
-    """Trains one seed into ``run_dir``, evaluates it deterministically; returns the record."""
     from agents import TRPO
     from agents.evaluation import evaluation_record, write_evaluation
 
-    overrides = {"seed": seed} if steps is None else {"seed": seed, "total_steps": steps}
-    agent = TRPO(env_id, run_dir=run_dir, **overrides)
+    agent = TRPO(args.child, run_dir=args.run_dir, seed=args.seed, **_overrides(args.set))
+    results, learn_seconds, eval_seconds = [], 0.0, 0.0
+    for budget in sorted(args.budgets or [agent.config.total_steps]):
+        start = time.perf_counter()
+        agent.learn(budget)
+        learn_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        returns = []
+        if args.eval_episodes > 0:
+            record = evaluation_record(agent, Path(args.run_dir), args.eval_episodes, None)
+            write_evaluation(Path(args.run_dir), record)
+            returns = record["returns"]
+        eval_seconds += time.perf_counter() - start
+        results.append({"budget": budget, "steps": int(agent.num_timesteps),
+                        "eval_returns": returns, "learn_seconds_so_far": learn_seconds})
+    print("NATGRAD_RESULT " + json.dumps({
+        "env_id": args.child, "seed": args.seed, "settings": agent.config.to_dict(),
+        "results": results, "learn_seconds": learn_seconds, "eval_seconds": eval_seconds,
+        "process_seconds_in_child": time.perf_counter() - CHILD_START}), flush=True)
+    return 0
+
+
+def _overrides(items: list[str]) -> dict:
+    """``["max_kl=0.02", "policy_hidden=[64,64]"]`` -> config overrides (JSON values)."""
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a bare string, e.g. vectorization=async
+    return overrides
+
+
+# Running either side as a timed process ----------------------------------------------------
+
+def run_process(side: str, env_id: str, seed: int, budgets: list[int], args, run_dir: Path,
+                threads: int) -> dict:
+    """Runs one side's process; returns its JSON report plus ``process_seconds``."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    if threads:
+        env.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads),
+                   OMP_NUM_THREADS=str(threads))
+    if side == "natgrad":
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", env_id,
+                   "--seed", str(seed), "--run-dir", str(run_dir),
+                   "--eval-episodes", str(args.eval_episodes), "--budgets",
+                   *map(str, budgets), *(["--set", *args.set] if args.set else [])]
+    else:
+        command = [args.peer_python, str(PEER_SCRIPT), env_id, "--seed", str(seed),
+                   "--eval-episodes", str(args.eval_episodes), "--threads",
+                   str(threads or 1), "--budgets", *map(str, budgets)]
+    run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    agent.learn(steps)
-    wall_time = time.perf_counter() - started
-    episodes = eval_episodes or agent.config.eval_episodes
-    record = evaluation_record(agent, Path(run_dir), episodes, None, wall_time)
-    write_evaluation(Path(run_dir), record)
-    record["train_seconds"] = wall_time
-    record["run_dir"] = run_dir
-    return record
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    (run_dir / f"{side}.log").write_text(done.stdout + done.stderr)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIXES)]
+    if done.returncode != 0 or not lines:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise RuntimeError(f"{side} run {env_id} seed {seed} failed (exit {done.returncode}); "
+                           f"log {run_dir / f'{side}.log'}:\n{tail}")
+    report = json.loads(lines[-1].split(" ", 1)[1])
+    report["side"] = side
+    report["process_seconds"] = seconds
+    report.setdefault("eval_seconds", 0.0)
+    return report
 
 
-def summarize(records: list[dict], envs: list[str]) -> dict:
-    """Per env: budget, seeds, per-seed returns and wall times, mean/std, target check."""
-    summary = {}
-    for env_id in envs:
-        runs = sorted((r for r in records if r["env_id"] == env_id), key=lambda r: r["seed"])
-        returns = [r["mean_return"] for r in runs]
-        mean = statistics.fmean(returns) if returns else math.nan
-        std = statistics.pstdev(returns) if returns else math.nan
-        target = TARGETS.get(env_id)
-        summary[env_id] = {
-            "steps": sorted({r["steps"] for r in runs}),
-            "seeds": [r["seed"] for r in runs],
-            "eval_mean_return_per_seed": returns,
-            "eval_episodes": sorted({r["episodes"] for r in runs}),
-            "mean_return": mean,
-            "std_return": std,
-            "wall_time_per_run": [r["train_seconds"] for r in runs],
-            "run_dirs": [r["run_dir"] for r in runs],
-            "target": target,
-            "passed": None if target is None else bool(mean >= target),
-            "seeds_at_target": None if target is None else sum(x >= target for x in returns),
-        }
-    return summary
+def find_peer(requested: str | None) -> tuple[str | None, str]:
+    """``(python, why)``: an interpreter that can import sb3_contrib, or None and the reason."""
+    candidates = [requested] if requested else [os.environ.get("NATGRAD_PEER_PYTHON"),
+                                                sys.executable]
+    for python in filter(None, candidates):
+        if requested == "none":
+            return None, "--peer-python none"
+        try:
+            probe = subprocess.run([python, "-c", "import sb3_contrib, torch"],
+                                   capture_output=True, text=True, timeout=120)
+        except OSError as exc:
+            why = f"{python}: {exc}"
+            continue
+        if probe.returncode == 0:
+            return python, ""
+        why = f"{python} cannot import sb3_contrib and torch"
+    return None, why
 
 
-def print_table(summary: dict) -> None:
-    """One row per env: budget, seeds, returns over seeds, wall time, target check."""
-    header = (f"{'env':<26}{'steps':>10}{'seeds':>6}{'mean':>10}{'std':>9}{'min':>10}"
-              f"{'max':>10}{'s/run':>8}  target")
-    print(header)
-    print("-" * len(header))
-    for env_id, row in summary.items():
-        returns = row["eval_mean_return_per_seed"]
-        steps = "/".join(f"{s:,}" for s in row["steps"])
-        target = ("n/a" if row["target"] is None else
-                  f">= {row['target']:g}: {'PASS' if row['passed'] else 'FAIL'} "
-                  f"({row['seeds_at_target']}/{len(returns)} seeds)")
-        wall = statistics.fmean(row["wall_time_per_run"]) if returns else math.nan
-        print(f"{env_id:<26}{steps:>10}{len(returns):>6}{row['mean_return']:>10.1f}"
-              f"{row['std_return']:>9.1f}{min(returns, default=math.nan):>10.1f}"
-              f"{max(returns, default=math.nan):>10.1f}{wall:>8.1f}  {target}")
+# Returns mode -----------------------------------------------------------------------------
+
+def default_budgets(env_id: str) -> list[int] | None:
+    """100k/300k/1M for MuJoCo; ``None`` (the preset's budget) for the others."""
+    return [100_000, 300_000, 1_000_000] if env_id in MUJOCO_ENVS else None
 
 
-def run_returns_benchmark(args) -> int:
-    """Trains and evaluates every (env, seed), writes summary.json and the learning curves."""
+def preset_budget(env_id: str) -> int:
+    from agents.config import PRESET_NAMES, load_preset
+
+    return int(load_preset(env_id).get("total_steps", 100_000)) if env_id in PRESET_NAMES \
+        else 100_000
+
+
+def run_returns(args, peer: str | None) -> int:
     out_dir = Path(args.out_dir)
     jobs = []
     for env_id in args.envs:
+        budgets = args.budgets or default_budgets(env_id) or [preset_budget(env_id)]
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            run_dir = out_dir / "runs" / f"{env_id}-seed{seed}"
-            if run_dir.exists():
-                shutil.rmtree(run_dir)  # a benchmark run is always trained afresh
-            jobs.append((env_id, seed, args.steps, str(run_dir), args.eval_episodes))
+            for side in ("natgrad", "sb3") if peer else ("natgrad",):
+                run_dir = out_dir / "runs" / f"{env_id.replace('/', '_')}-seed{seed}" / side
+                if run_dir.exists():
+                    shutil.rmtree(run_dir)  # a benchmark run is always trained afresh
+                jobs.append((side, env_id, seed, budgets, run_dir))
     print(f"{len(jobs)} runs ({', '.join(args.envs)} x {args.seeds} seeds, "
-          f"{'preset budgets' if args.steps is None else f'{args.steps:,} steps'}) on "
-          f"{args.workers} worker(s) -> {out_dir}", flush=True)
+          f"{'natgrad and sb3-contrib' if peer else 'natgrad only'}) on {args.workers} "
+          f"process(es) at a time -> {out_dir}", flush=True)
+    threads = 1 if args.workers > 1 else 0
     started = time.perf_counter()
-    records = []
-    if args.workers == 1:
-        for job in jobs:
-            records.append(train_and_evaluate(*job))
-            _report(records[-1])
-    else:
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"),
-                                 initializer=_limit_threads) as pool:
-            futures = [pool.submit(train_and_evaluate, *job) for job in jobs]
-            for future in futures:
-                records.append(future.result())
-                _report(records[-1])
-    total = time.perf_counter() - started
-
+    with ThreadPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(run_process, side, env_id, seed, budgets, args, run_dir,
+                               threads) for side, env_id, seed, budgets, run_dir in jobs]
+        reports = []
+        for future in futures:
+            reports.append(future.result())
+            _report(reports[-1])
+    summary = summarize(reports, list(args.envs))
+    document = {"benchmark": "trpo_returns", "total_seconds": time.perf_counter() - started,
+                "processes_at_a_time": args.workers, "peer": peer, "overrides": args.set,
+                "machine": machine(), "envs": summary}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
     from agents.plotting import plot_learning_curves
 
-    summary = summarize(records, list(args.envs))
-    curves = plot_learning_curves([r["run_dir"] for r in records],
-                                  out_dir / "learning_curves.png",
-                                  title=f"natgrad TRPO, {args.seeds} seeds")
-    document = {"benchmark": "trpo_returns", "total_seconds": total, "workers": args.workers,
-                "platform": platform.platform(), "python": sys.version.split()[0],
-                "envs": summary}
-    (out_dir / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
+    curves = plot_learning_curves(
+        [str(job[4]) for job in jobs if job[0] == "natgrad"], out_dir / "learning_curves.png",
+        title=f"natgrad TRPO, {args.seeds} seeds")
     print()
-    print_table(summary)
-    print(f"\ntotal {total:.0f} s; summary {out_dir / 'summary.json'}; curves {curves}")
-    failed = [env for env, row in summary.items() if row["passed"] is False]
+    print_returns_table(summary, peer is not None)
+    print(f"\n{document['total_seconds']:.0f} s in all; {out_dir / 'summary.json'}; {curves}")
+    failed = [f"{env} {row['budget']:,}" for env, rows in summary.items() for row in rows
+              if row["target"] is not None and row["natgrad"]["mean"] < row["target"]]
+    if failed:
+        print("below target: " + ", ".join(failed))
     return 1 if failed else 0
 
 
-def _report(record: dict) -> None:
-    print(f"  {record['env_id']:<24} seed {record['seed']}: eval {record['mean_return']:9.2f} "
-          f"± {record['std_return']:7.2f}  ({record['steps']:,} steps, "
-          f"{record['train_seconds']:.1f} s)", flush=True)
+def _report(r: dict) -> None:
+    returns = " / ".join(f"{statistics.fmean(x['eval_returns']):.1f}" if x["eval_returns"]
+                         else "-" for x in r["results"])
+    steps = " / ".join(f"{x['steps']:,}" for x in r["results"])
+    print(f"  {r['side']:<8}{r['env_id']:<18} seed {r['seed']}: eval {returns} at {steps} "
+          f"steps; {r['process_seconds']:.1f} s process", flush=True)
 
 
-def run_speed_benchmark(args) -> int:
-    """Times 100k CartPole-v1 steps with the preset; compares with sb3-contrib's 65 s."""
-    from agents import TRPO
+def _stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values) if values else math.nan,
+            "std": statistics.pstdev(values) if values else math.nan,
+            "per_seed": values}
 
+
+def summarize(reports: list[dict], envs: list[str]) -> dict:
+    """Per env, per budget: both sides' returns over seeds, and wall time per run."""
+    summary = {}
+    for env_id in envs:
+        rows = []
+        budgets = sorted({x["budget"] for r in reports if r["env_id"] == env_id
+                          for x in r["results"]})
+        for budget in budgets:
+            row = {"budget": budget,  # a target is checked at the final budget only
+                   "target": TARGETS.get(env_id) if budget == budgets[-1] else None,
+                   "zoo_1m": ZOO_1M.get(env_id) if budget == 1_000_000 else None}
+            for side in ("natgrad", "sb3"):
+                runs = sorted((r for r in reports if r["env_id"] == env_id and r["side"] == side),
+                              key=lambda r: r["seed"])
+                at = [(r, x) for r in runs for x in r["results"] if x["budget"] == budget]
+                row[side] = {**_stats([statistics.fmean(x["eval_returns"])
+                                       for _, x in at if x["eval_returns"]]),
+                             "seeds": [r["seed"] for r, _ in at],
+                             "steps": sorted({x["steps"] for _, x in at}),
+                             "learn_seconds": [x["learn_seconds_so_far"] for _, x in at],
+                             "process_seconds": [_process_seconds_at(r, x) for r, x in at]}
+            rows.append(row)
+        summary[env_id] = rows
+    return summary
+
+
+def _process_seconds_at(report: dict, result: dict) -> float:
+    """Whole-process seconds up to one budget: start-up (the process less its learning and
+    evaluation) plus the learning up to that budget."""
+    startup = report["process_seconds"] - report["eval_seconds"] - report["learn_seconds"]
+    return startup + result["learn_seconds_so_far"]
+
+
+def print_returns_table(summary: dict, with_peer: bool) -> None:
+    header = f"{'env':<16}{'steps':>10}{'seeds':>6}{'natgrad':>20}"
+    if with_peer:
+        header += f"{'sb3-contrib':>20}{'diff':>9}"
+    header += f"{'natgrad s/run':>15}" + (f"{'sb3 s/run':>11}" if with_peer else "") + "  ref"
+    print(header)
+    print("-" * len(header))
+    for env_id, rows in summary.items():
+        for row in rows:
+            ours, peer = row["natgrad"], row["sb3"]
+            line = (f"{env_id:<16}{row['budget']:>10,}{len(ours['per_seed']):>6}"
+                    f"{ours['mean']:>12.1f} ± {ours['std']:<6.1f}")
+            if with_peer:
+                line += f"{peer['mean']:>12.1f} ± {peer['std']:<6.1f}"
+                line += f"{ours['mean'] - peer['mean']:>+9.1f}"
+            line += f"{_last_mean(ours['process_seconds']):>15.1f}"
+            if with_peer:
+                line += f"{_last_mean(peer['process_seconds']):>11.1f}"
+            ref = []
+            if row["target"] is not None:
+                ref.append(f"target >= {row['target']:g}: "
+                           f"{'met' if ours['mean'] >= row['target'] else 'MISSED'}")
+            if row["zoo_1m"] is not None:
+                ref.append(f"RL Zoo 1M {row['zoo_1m']:g}")
+            print(line + "  " + "; ".join(ref))
+    print("s/run: whole process to that budget, less evaluation; with several processes at a "
+          "time they share the cores (see --speed for timing)")
+
+
+def _last_mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+# Speed mode -------------------------------------------------------------------------------
+
+def run_speed(args, peer: str | None) -> int:
     out_dir = Path(args.out_dir)
-    with tempfile.TemporaryDirectory() as run_dir:
-        train_start = time.perf_counter()
-        agent = TRPO(SPEED_ENV, run_dir=run_dir)
-        agent.learn(SPEED_STEPS)
-        seconds = time.perf_counter() - SCRIPT_START
-        train_seconds = time.perf_counter() - train_start
-        config = agent.config
-        evaluation = agent.evaluate(seed=config.seed + 10_000)
-    ratio = seconds / SB3_CONTRIB_SECONDS
-    result = {
-        "benchmark": "trpo_speed", "env_id": SPEED_ENV, "steps": int(agent.num_timesteps),
-        "n_envs": config.n_envs, "n_steps": config.n_steps,
-        "vectorization": config.vectorization, "seconds": seconds,
-        "train_seconds": train_seconds,
-        "steps_per_second": agent.num_timesteps / seconds,
-        "sb3_contrib_seconds": SB3_CONTRIB_SECONDS, "ratio_to_sb3_contrib": ratio,
-        "target_seconds": SPEED_TARGET_SECONDS, "passed": seconds <= SPEED_TARGET_SECONDS,
-        "eval_mean_return_after": float(evaluation["mean_return"]),
-        "platform": platform.platform(), "cpus": os.cpu_count(),
-    }
+    sides = ("natgrad", "sb3") if peer else ("natgrad",)
+    rows = {}
+    for env_id in args.envs:
+        times = {side: [] for side in sides}
+        returns = {side: [] for side in sides}
+        for repeat in range(args.repeats):
+            order = sides if repeat % 2 == 0 else tuple(reversed(sides))
+            for side in order:
+                run_dir = out_dir / "speed_runs" / f"{env_id.replace('/', '_')}-{repeat}" / side
+                if run_dir.exists():
+                    shutil.rmtree(run_dir)
+                report = run_process(side, env_id, args.first_seed, [SPEED_STEPS], args,
+                                     run_dir, threads=0 if side == "natgrad" else 1)
+                times[side].append(report["process_seconds"] - report["eval_seconds"])
+                returns[side].append(statistics.fmean(report["results"][-1]["eval_returns"]))
+                print(f"  {side:<8}{env_id:<14} {times[side][-1]:6.1f} s whole process, eval "
+                      f"{returns[side][-1]:.1f}", flush=True)
+        row = {side: {"seconds": times[side], "median_seconds": statistics.median(times[side]),
+                      "eval_mean_return": returns[side]} for side in sides}
+        if peer:
+            row["ratio"] = row["natgrad"]["median_seconds"] / row["sb3"]["median_seconds"]
+            row["passed"] = row["ratio"] <= SPEED_TARGET_RATIO
+        rows[env_id] = row
+    document = {"benchmark": "trpo_speed", "steps": SPEED_STEPS, "repeats": args.repeats,
+                "target_ratio": SPEED_TARGET_RATIO, "peer": peer, "machine": machine(),
+                "envs": rows}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{SPEED_ENV}: {result['steps']:,} steps ({config.n_envs} envs x {config.n_steps} "
-          f"steps per update, {config.vectorization}) in {seconds:.1f} s "
-          f"({result['steps_per_second']:,.0f} steps/s, imports and setup included); "
-          f"agent construction + learn() alone: {train_seconds:.1f} s")
-    print(f"sb3-contrib reference {SB3_CONTRIB_SECONDS:.0f} s: ratio {ratio:.2f} "
-          f"({1 / ratio:.1f}x faster); target <= {SPEED_TARGET_SECONDS:.0f} s: "
-          f"{'PASS' if result['passed'] else 'FAIL'}")
-    print(f"deterministic eval afterwards: mean return {result['eval_mean_return_after']:.1f}; "
-          f"written {out_dir / 'speed.json'}")
-    return 0 if result["passed"] else 1
+    (out_dir / "speed.json").write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\n{SPEED_STEPS:,} steps, whole process less the final evaluation, median of "
+          f"{args.repeats}; {machine()['cpus']} CPUs ({machine()['processor']})")
+    print(f"{'env':<16}{'natgrad s':>11}{'sb3 s':>9}{'ratio':>8}  target <= 1/3   eval "
+          f"natgrad / sb3")
+    for env_id, row in rows.items():
+        ours = row["natgrad"]
+        if peer:
+            theirs = row["sb3"]
+            verdict = "met" if row["passed"] else f"MISSED by {row['ratio'] * 3 - 1:.0%}"
+            print(f"{env_id:<16}{ours['median_seconds']:>11.1f}{theirs['median_seconds']:>9.1f}"
+                  f"{row['ratio']:>8.2f}  {verdict:<14} "
+                  f"{statistics.fmean(ours['eval_mean_return']):.1f} / "
+                  f"{statistics.fmean(theirs['eval_mean_return']):.1f}")
+        else:
+            print(f"{env_id:<16}{ours['median_seconds']:>11.1f}{'-':>9}{'-':>8}  (no peer)")
+    print(f"written {out_dir / 'speed.json'}")
+    return 0 if all(row.get("passed", True) for row in rows.values()) else 1
+
+
+def machine() -> dict:
+    processor = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                processor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "processor": processor, "cpus": os.cpu_count(),
+            "python": sys.version.split()[0]}
 
 
 def parse_args(argv=None):
-    """Command-line arguments of the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS), metavar="ENV_ID")
+    parser.add_argument("--envs", nargs="+", default=None, metavar="ENV_ID",
+                        help=f"default: {' '.join(DEFAULT_ENVS)} (speed: "
+                             f"{' '.join(SPEED_ENVS)})")
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="env steps per run (default: each env's preset budget)")
-    parser.add_argument("--eval-episodes", type=int, default=None,
-                        help="evaluation episodes per run (default: the config's)")
+    parser.add_argument("--budgets", type=int, nargs="+", default=None,
+                        help="env steps at which to evaluate (default: 100k 300k 1M for "
+                             "MuJoCo, the preset's budget otherwise)")
+    parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="parallel runs (default: 2, or 1 on a single core)")
+                        help="returns mode: processes at a time (default 2)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="speed mode: runs per side, alternating which goes first")
+    parser.add_argument("--peer-python", default=None,
+                        help="a Python with sb3-contrib and torch ('none': natgrad only)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="natgrad config overrides, JSON values (e.g. max_kl=0.02)")
     parser.add_argument("--out-dir", default="bench_results/trpo")
-    parser.add_argument("--speed", action="store_true",
-                        help="time 100k CartPole-v1 steps instead (vs sb3-contrib's 65 s)")
+    parser.add_argument("--speed", action="store_true", help="time 100k steps per side")
+    parser.add_argument("--child", metavar="ENV_ID", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("seeds", "workers"):
+    for name in ("seeds", "workers", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
-    if args.steps is not None and args.steps < 1:
-        parser.error("--steps must be >= 1")
+    if args.budgets is not None and min(args.budgets) < 1:
+        parser.error("--budgets must be >= 1")
+    if args.envs is None:
+        args.envs = list(SPEED_ENVS if args.speed else DEFAULT_ENVS)
     return args
 
 
 def main(argv=None) -> int:
-    """Runs the speed or the returns benchmark."""
     args = parse_args(argv)
-    return run_speed_benchmark(args) if args.speed else run_returns_benchmark(args)
+    if args.child:
+        return child(args)
+    peer, why = find_peer(args.peer_python)
+    if peer is None:
+        print(f"sb3-contrib side skipped ({why}); {SB3_PEER_HELP}", flush=True)
+    return run_speed(args, peer) if args.speed else run_returns(args, peer)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ class Marker:
 
 
 @pytest.mark.parametrize("env_id, extra", [("CartPole-v1", {"normalize_obs": True}),
-                                           ("Pendulum-v1", {})])
+                                           ("Pendulum-v1", {"normalize_reward": True})])
 def test_trusted_env_state_resumes_bit_for_bit(tmp_path, env_id, extra):
     settings = {**SMALL, **extra, "save_env_state": True}
     straight = TRPO(env_id, run_dir=tmp_path / "straight", **settings).learn(8 * BATCH)

@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agents.normalization import RunningMeanStd
+from agents.normalization import RewardScaler, RunningMeanStd
 from agents.policies import CategoricalPolicy
 from agents.rollout import (
     RolloutWorker,
@@ -64,6 +64,60 @@ def test_running_mean_std_matches_numpy_over_all_batches():
     np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-4)
     z = rms.normalize(np.array([[1e6, 0.0, -1e6]]))
     assert z[0, 0] == 10.0 and z[0, 2] == -10.0
+
+
+def test_reward_scaler_divides_by_the_std_of_every_discounted_return_so_far():
+    rng = np.random.default_rng(4)
+    gamma, steps = 0.9, 300
+    rewards = rng.normal(1.0, 2.0, size=(steps, 2))
+    dones = rng.random((steps, 2)) < 0.05
+    scaler = RewardScaler(2, gamma)
+    # By hand: G_t = γ G_{t-1} + r_t per env, restarted after an episode ends.
+    g, seen = np.zeros(2), []
+    for t in range(steps):
+        g = gamma * g + rewards[t]
+        seen.append(g.copy())
+        scaled = scaler.scale(rewards[t], dones[t])
+        std = np.sqrt(np.var(np.concatenate(seen)))
+        if t >= 20:  # once the tiny prior of the running statistics has washed out
+            np.testing.assert_allclose(scaled, rewards[t] / std, rtol=1e-3)
+        g = np.where(dones[t], 0.0, g)
+        np.testing.assert_array_equal(scaler.returns, g)
+    assert np.all(np.sign(scaled) == np.sign(rewards[-1]))  # not centred: signs are kept
+    # Clipped at ±10 standard deviations.
+    assert scaler.scale(np.array([1e9, -1e9]), np.zeros(2, bool)).tolist() == [10.0, -10.0]
+
+
+def test_reward_scaler_state_round_trips_and_checks_the_env_count():
+    scaler = RewardScaler(3, 0.99)
+    for r in np.random.default_rng(0).normal(size=(10, 3)):
+        scaler.scale(r, np.zeros(3, bool))
+    copy = RewardScaler(3, 0.5)
+    copy.load_state(scaler.state())
+    r = np.array([0.5, -1.0, 2.0])
+    np.testing.assert_array_equal(copy.scale(r, np.zeros(3, bool)),
+                                  scaler.scale(r, np.zeros(3, bool)))
+    with pytest.raises(ValueError, match="for 3 envs, not 2"):
+        RewardScaler(2, 0.99).load_state(scaler.state())
+
+
+def test_rollout_learns_from_scaled_rewards_and_reports_raw_returns():
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2,
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    rng = np.random.default_rng(0)
+    policy = CategoricalPolicy(4, 2, hidden=(8,), rng=rng)
+    scaler = RewardScaler(2, 0.99)
+    worker = RolloutWorker(envs, policy, None, reward_scaler=scaler)
+    worker.reset(seed=0)
+    rollout = worker.collect(policy.numpy_params(), 200, rng)
+    np.testing.assert_array_equal(rollout.rewards, 1.0)  # CartPole's raw reward
+    assert np.all(rollout.train_rewards > 0.0)  # scaled, never centred
+    assert np.all(rollout.train_rewards[-50:] < 0.5)  # by the std of returns of ~10-100
+    # Episode returns are counted in raw rewards: whole episode lengths.
+    assert worker.episode_returns and all(float(r).is_integer() for r in worker.episode_returns)
+    worker.reset(seed=1)
+    np.testing.assert_array_equal(scaler.returns, 0.0)  # a reset restarts every episode
+    envs.close()
 
 
 def test_rollout_bootstraps_from_next_or_final_observation():

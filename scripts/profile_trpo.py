@@ -1,0 +1,146 @@
+"""Where a TRPO run's time goes: start-up, then each update split into its parts.
+
+Trains one env for ``--steps`` steps (default 100k, the env's preset otherwise) with timers
+wrapped around the agent's parts, without changing them:
+
+* ``import``: importing TensorFlow, Keras and the agent (measured from this script's start);
+* ``build``: constructing the agent (networks, optimizers, the probe env);
+* per update: ``env.step`` (the vector env's ``step``, autoreset included), ``policy forward``
+  (the NumPy action sampling), ``rollout other`` (the rest of ``collect``: normalization,
+  buffers, finiteness checks), ``advantages`` (value predictions and GAE), ``TF update``
+  (the compiled policy step and value fit; its first call, which traces the graph, is counted
+  apart as ``TF tracing``), ``log + checkpoint`` (the remainder of the loop).
+
+Prints a table (seconds and share of the whole process) and writes ``OUT_DIR/profile.json``.
+
+Usage::
+
+    python scripts/profile_trpo.py                       # CartPole-v1, 100k steps
+    python scripts/profile_trpo.py --env Hopper-v5 --steps 20000
+"""
+
+from __future__ import annotations
+
+import time
+
+SCRIPT_START = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PARTS = ("import", "build", "env.step", "policy forward", "rollout other", "advantages",
+         "TF tracing", "TF update", "log + checkpoint")
+
+
+class Timers:
+    """Accumulated seconds per part, and a wrapper that times a callable into a part."""
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+        self.calls = defaultdict(int)
+
+    def wrap(self, part: str, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - start
+                self.calls[part] += 1
+        return timed
+
+
+def profile(env_id: str, steps: int | None, overrides: dict) -> dict:
+    timers = Timers()
+    import agents.trpo as trpo_module
+    from agents import TRPO
+
+    timers.seconds["import"] = time.perf_counter() - SCRIPT_START
+    with tempfile.TemporaryDirectory() as run_dir:
+        start = time.perf_counter()
+        agent = TRPO(env_id, run_dir=run_dir, **overrides)
+        timers.seconds["build"] = time.perf_counter() - start
+
+        update_fn = agent._update_fn
+        first = [True]
+
+        def timed_update(*args):
+            part = "TF tracing" if first[0] else "TF update"
+            first[0] = False
+            return timers.wrap(part, update_fn)(*args)
+
+        agent._update_fn = timed_update
+        policy = agent.policy
+        policy.numpy_act = timers.wrap("policy forward", policy.numpy_act)
+        gae = trpo_module.compute_gae
+        trpo_module.compute_gae = timers.wrap("advantages", gae)
+        worker = agent._ensure_worker()
+        worker.envs.step = timers.wrap("env.step", worker.envs.step)
+        worker.collect = timers.wrap("collect", worker.collect)
+        iteration = agent._iteration
+        agent._iteration = timers.wrap("iteration", iteration)
+        value_np = agent.value.numpy_values
+        agent.value.numpy_values = timers.wrap("advantages", value_np)
+        try:
+            learn_start = time.perf_counter()
+            agent.learn(steps)
+            learn = time.perf_counter() - learn_start
+        finally:
+            trpo_module.compute_gae = gae
+    total = time.perf_counter() - SCRIPT_START
+    s = timers.seconds
+    s["rollout other"] = s["collect"] - s["env.step"] - s["policy forward"]
+    s["log + checkpoint"] = learn - s["iteration"]  # learn() outside the iterations
+    updates = agent.updates
+    rows = {part: {"seconds": s[part], "share": s[part] / total,
+                   "per_update_ms": 1e3 * s[part] / max(updates, 1)} for part in PARTS}
+    accounted = sum(s[p] for p in PARTS)
+    return {"env_id": env_id, "steps": int(agent.num_timesteps), "updates": updates,
+            "batch": agent.config.batch_size, "total_seconds": total,
+            "unaccounted_seconds": total - accounted, "parts": rows,
+            "platform": platform.platform(), "cpus": os.cpu_count(),
+            "python": sys.version.split()[0]}
+
+
+def print_table(result: dict) -> None:
+    print(f"{result['env_id']}: {result['steps']:,} steps, {result['updates']} updates of "
+          f"{result['batch']} samples, {result['total_seconds']:.1f} s whole process")
+    print(f"{'part':<18}{'seconds':>9}{'share':>8}{'ms/update':>11}")
+    for part, row in result["parts"].items():
+        print(f"{part:<18}{row['seconds']:>9.2f}{row['share']:>8.1%}"
+              f"{row['per_update_ms']:>11.1f}")
+    print(f"{'(unaccounted)':<18}{result['unaccounted_seconds']:>9.2f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, JSON values (e.g. n_envs=8)")
+    parser.add_argument("--out-dir", default="bench_results/profile")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    result = profile(args.env, args.steps, overrides)
+    result["overrides"] = overrides
+    print_table(result)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.env.replace("/", "_")
+    (out / f"profile_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The peer side of ``scripts/bench_trpo.py``: sb3-contrib's TRPO with the RL Zoo settings.
+
+Runs in its own interpreter (a virtual environment with ``sb3-contrib``, CPU ``torch`` and
+``gymnasium[mujoco]``; nothing from natgrad is imported), so both sides of a comparison are
+timed the same way: as whole processes, started and waited for by ``bench_trpo.py``.
+
+One run: ``ENV`` with ``--seed`` trained to each of ``--budgets`` in turn (``learn`` continues
+across budgets); after each, a deterministic evaluation on a fresh env seeded ``seed + 10000``
+with the observation statistics frozen and unnormalized rewards, as natgrad evaluates. The
+clock of ``learn_seconds`` excludes the evaluations. Prints one JSON line (prefixed
+``SB3_RESULT``) with the returns per budget and the timings.
+
+Settings (RL Baselines3 Zoo's ``trpo.yml``, as summarized in ``shared/ANCHORS.md``): classic
+control 2 envs; CartPole-v1 512 steps per env, λ 0.98, CG damping 1e-3, 20 critic updates;
+Pendulum-v1 1024 steps, γ 0.9, 15 critic updates (without the Zoo's gSDE, as natgrad has none);
+MuJoCo: ``VecNormalize`` (observations and rewards), 2 envs x 1024 steps, λ 0.95, CG 25 steps,
+damping 0.1, 20 critic updates, critic minibatch 128. sb3-contrib's defaults otherwise.
+
+Usage (inside the peer venv)::
+
+    python scripts/sb3_peer.py Hopper-v5 --seed 0 --budgets 100000 300000
+"""
+
+from __future__ import annotations
+
+import time
+
+PROCESS_START = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+CLASSIC = {
+    "CartPole-v1": dict(n_steps=512, gamma=0.99, gae_lambda=0.98, cg_damping=1e-3,
+                        learning_rate=1e-3, n_critic_updates=20),
+    "Pendulum-v1": dict(n_steps=1024, gamma=0.9, gae_lambda=0.95, learning_rate=1e-3,
+                        n_critic_updates=15),
+    "Acrobot-v1": dict(n_steps=1024, gamma=0.99, gae_lambda=0.95, learning_rate=1e-3,
+                       n_critic_updates=20),
+}
+MUJOCO = dict(n_steps=1024, batch_size=128, gamma=0.99, gae_lambda=0.95, cg_max_steps=25,
+              cg_damping=0.1, n_critic_updates=20, learning_rate=1e-3)
+N_ENVS = 2
+EVAL_SEED_OFFSET = 10_000
+
+
+def settings(env_id: str) -> tuple[dict, bool]:
+    """``(TRPO keyword arguments, normalize)`` for ``env_id``."""
+    if env_id in CLASSIC:
+        return dict(CLASSIC[env_id]), False
+    return dict(MUJOCO), True
+
+
+def evaluate(model, env_id: str, vec_normalize, episodes: int, seed: int) -> list[float]:
+    """Deterministic returns (unnormalized rewards) on a fresh env, observation stats frozen."""
+    import gymnasium as gym
+    import numpy as np
+
+    env = gym.make(env_id)
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        total, done = 0.0, False
+        while not done:
+            x = obs[None]
+            if vec_normalize is not None:
+                x = vec_normalize.normalize_obs(x)
+            action, _ = model.predict(x, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(np.asarray(action)[0])
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("env_id")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1, sb3's fastest for these small MLPs)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import_done = time.perf_counter()
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    kwargs, normalize = settings(args.env_id)
+    env = make_vec_env(args.env_id, n_envs=N_ENVS, seed=args.seed)
+    if normalize:
+        env = VecNormalize(env, gamma=kwargs["gamma"])
+    model = TRPO("MlpPolicy", env, seed=args.seed, device="cpu", verbose=0, **kwargs)
+    results, learn_seconds, eval_seconds = [], 0.0, 0.0
+    for budget in sorted(args.budgets):
+        start = time.perf_counter()
+        model.learn(budget - model.num_timesteps, reset_num_timesteps=False)
+        learn_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        returns = []
+        if args.eval_episodes > 0:
+            returns = evaluate(model, args.env_id, env if normalize else None,
+                               args.eval_episodes, args.seed + EVAL_SEED_OFFSET)
+        eval_seconds += time.perf_counter() - start
+        results.append({"budget": budget, "steps": int(model.num_timesteps),
+                        "eval_returns": returns, "learn_seconds_so_far": learn_seconds})
+    print("SB3_RESULT " + json.dumps({
+        "env_id": args.env_id, "seed": args.seed, "settings": kwargs, "normalize": normalize,
+        "n_envs": N_ENVS, "results": results, "learn_seconds": learn_seconds,
+        "eval_seconds": eval_seconds,
+        "import_seconds": import_done - PROCESS_START, "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+    }), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
