@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -39,6 +40,44 @@ def _variable_groups(agent) -> dict[str, list]:
         "policy_optimizer": list(agent.policy_optimizer.variables),
         "value_optimizer": list(agent.value_optimizer.variables),
     }
+
+
+class Prefetched(NamedTuple):
+    """A batch collected ahead by the previous update (:meth:`agents.trpo.TRPO._iteration`):
+    the rollout, or the :class:`NonFiniteError` its collection met, and the normalizers' state
+    from before it (the state the next update is undone to if it fails)."""
+
+    rollout: object
+    error: Exception | None
+    normalizers: tuple
+
+
+def normalizer_state(agent) -> tuple:
+    """``(observation statistics, reward scaler)`` states (``None`` where off)."""
+    return (None if agent.obs_rms is None else agent.obs_rms.state(),
+            None if agent.reward_scaler is None else agent.reward_scaler.state())
+
+
+def training_snapshot(agent, normalizers: tuple | None = None) -> tuple:
+    """Everything an update changes, to undo it: all variables (weights and optimizer slots)
+    and the normalizers (``normalizers`` if given, else their state now)."""
+    variables = [v.numpy() for v in _all_variables(agent)]
+    return variables, normalizer_state(agent) if normalizers is None else normalizers
+
+
+def restore_training_snapshot(agent, snapshot: tuple) -> None:
+    """Puts back what :func:`training_snapshot` took."""
+    variables, (obs_rms, reward_scaler) = snapshot
+    for variable, value in zip(_all_variables(agent), variables, strict=True):
+        variable.assign(value)
+    if obs_rms is not None:
+        agent.obs_rms.load_state(obs_rms)
+    if reward_scaler is not None:
+        agent.reward_scaler.load_state(reward_scaler)
+
+
+def _all_variables(agent) -> list:
+    return [v for group in _variable_groups(agent).values() for v in group]
 
 
 def agent_checkpoint(agent) -> tuple[dict, dict[str, np.ndarray]]:

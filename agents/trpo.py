@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gymnasium as gym
@@ -31,7 +32,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import natgrad
-from agents.agent_state import agent_checkpoint, agent_from_checkpoint
+from agents.agent_state import (
+    Prefetched,
+    agent_checkpoint,
+    agent_from_checkpoint,
+    normalizer_state,
+    restore_training_snapshot,
+    training_snapshot,
+)
 from agents.checkpoint import (
     checkpoint_path,
     list_checkpoints,
@@ -58,7 +66,7 @@ from agents.rollout import (
 from agents.run_dir import RunLock, claim_run_dir, resume_point
 from agents.spaces import ObservationEncoder, action_layout, map_obs
 from agents.stop_signals import StopSignals, TrainingInterrupted
-from agents.update import make_update_fn
+from agents.update import UpdateFunctions, make_update_fns
 from agents.workers import check_same_start, worker_position
 
 log = logging.getLogger("agents")
@@ -134,6 +142,8 @@ class TRPO:
         self._resumed = False  # set by resume(): learn() then checks and trims the run dir
         self._newest_at_resume: Path | None = None
         self._saved_update: int | None = None
+        self._prefetched: Prefetched | None = None  # the next update's batch, collected early
+        self._executor: ThreadPoolExecutor | None = None  # runs the value fit
 
     def _build_networks(self) -> None:
         """Policy, value function, both optimizers and the compiled update (in the
@@ -151,7 +161,7 @@ class TRPO:
         self.policy_optimizer.build(self.policy.trainable_variables)
         self.value_optimizer = keras.optimizers.Adam(learning_rate=cfg.critic_lr)
         self.value_optimizer.build(self.value.trainable_variables)
-        self._update_fn = self._make_update_fn()
+        self._update_fns = self._make_update_fns()
 
     # Training ---------------------------------------------------------------------------
 
@@ -179,7 +189,7 @@ class TRPO:
                        disable=not progress_bar, dynamic_ncols=True)
             try:
                 while self.num_timesteps < total:
-                    row = self._update(worker)
+                    row = self._update(worker, prefetch=self._may_prefetch(total, stop))
                     self.history.append(row)
                     logger.log(row)
                     bar.update(min(self.num_timesteps, total) - bar.n)
@@ -187,17 +197,28 @@ class TRPO:
                                     sps=f"{row['steps_per_second']:.0f}")
                     if self.updates % self.config.checkpoint_every == 0:
                         self._checkpoint()
-                    if stop.signal is not None:
+                    if stop.signal is not None and self._prefetched is None:
                         raise TrainingInterrupted(stop.signal, self.num_timesteps,
                                                   self._checkpoint())
+                    # (a stop with the next batch already collected finishes that update first)
                 self._checkpoint()  # the final state (no-op if just written)
             except NonFiniteError:
                 self._checkpoint()  # the last good state: the bad batch was undone
                 raise
             finally:
+                self._prefetched = None
                 bar.close()
                 logger.close()
         return self
+
+    def _may_prefetch(self, total: int, stop: StopSignals) -> bool:
+        """Whether the coming update may collect the next batch while its value fit runs: not
+        with several workers, nor when a checkpoint or the end follows it (a checkpoint must
+        not hold a batch already collected), nor once a stop was asked for."""
+        checkpoint_follows = (self._writes_run_dir
+                              and (self.updates + 1) % self.config.checkpoint_every == 0)
+        return (self.num_workers == 1 and stop.signal is None and not checkpoint_follows
+                and self.num_timesteps + self.config.batch_size < total)
 
     @property
     def _writes_run_dir(self) -> bool:
@@ -222,14 +243,18 @@ class TRPO:
             self._saved_update = self.updates
         return path
 
-    def _update(self, worker: RolloutWorker) -> dict:
-        """One TRPO iteration, undone whole (weights, optimizers, normalizer) if a quantity in
-        it is not finite; returns its progress row."""
-        start, snapshot = time.perf_counter(), self._snapshot()
+    def _update(self, worker: RolloutWorker, prefetch: bool = False) -> dict:
+        """One TRPO iteration, undone whole (weights, optimizers, normalizers) if a quantity in
+        it is not finite; returns its progress row. With ``prefetch``, the next batch is
+        collected while the value fit runs (:meth:`_iteration`)."""
+        start = time.perf_counter()
+        pending, self._prefetched = self._prefetched, None
+        snapshot = training_snapshot(self, None if pending is None else pending.normalizers)
         try:
-            return self._iteration(worker)
+            return self._iteration(worker, pending, prefetch)
         except NonFiniteError as exc:
-            self._restore(snapshot)
+            self._prefetched = None  # collected by a policy that is being undone
+            restore_training_snapshot(self, snapshot)
             first, last = self.num_timesteps + 1, self.num_timesteps + self.config.batch_size
             message = f"update {self.updates + 1} (env steps {first:,}-{last:,}): {exc}"
             if self.config.on_non_finite == "stop":
@@ -245,32 +270,28 @@ class TRPO:
                    mean_return=worker.mean_return(), skipped_batches=self.skipped_batches)
         return row
 
-    def _snapshot(self) -> tuple:
-        variables = [v.numpy() for v in self._all_variables()]
-        return (variables, None if self.obs_rms is None else self.obs_rms.state(),
-                None if self.reward_scaler is None else self.reward_scaler.state())
+    def _iteration(self, worker: RolloutWorker, pending: Prefetched | None,
+                   prefetch: bool) -> dict:
+        """One TRPO iteration (Algorithm 1); returns its progress row.
 
-    def _restore(self, snapshot: tuple) -> None:
-        variables, obs_rms, reward_scaler = snapshot
-        for variable, value in zip(self._all_variables(), variables, strict=True):
-            variable.assign(value)
-        if obs_rms is not None:
-            self.obs_rms.load_state(obs_rms)
-        if reward_scaler is not None:
-            self.reward_scaler.load_state(reward_scaler)
-
-    def _all_variables(self) -> list:
-        return [*self.policy.trainable_variables, *self.value.trainable_variables,
-                *self.policy_optimizer.variables, *self.value_optimizer.variables]
-
-    def _iteration(self, worker: RolloutWorker) -> dict:
-        """One TRPO iteration (Algorithm 1); returns its progress row."""
+        ``pending`` is this update's batch if the previous update collected it. With
+        ``prefetch``, the value fit (step 4) runs on a second thread while the next batch is
+        collected with the new policy: the same computations in the same order as without
+        (the rollout reads only the policy, the fit only the value function, and the
+        minibatch order is drawn before the rollout), so the run is identical.
+        """
         cfg, start = self.config, time.perf_counter()
         # 1. Collect a batch with the current policy.
         rng = self.rng if self.num_workers == 1 else np.random.default_rng(
             [cfg.seed, self.worker_index, self.updates])  # each worker samples its own actions
-        rollout = worker.collect(self.policy.numpy_params(), cfg.n_steps, rng,
-                                 first_step=self.num_timesteps)
+        if pending is not None:
+            if pending.error is not None:
+                raise pending.error
+            rollout = pending.rollout
+        else:
+            rollout = worker.collect(self.policy.numpy_params(), cfg.n_steps, rng,
+                                     first_step=self.num_timesteps)
+        mean_return = worker.mean_return()  # of the episodes up to this batch's end
         # 2. Advantages by GAE, bootstrapping V(final_obs) at truncation.
         value_params = self.value.numpy_params()
         values = self.value.numpy_values(value_params, _flat(rollout.obs)).reshape(
@@ -289,14 +310,25 @@ class TRPO:
         check_finite("the advantage", update_advantages, self.num_timesteps, cfg.n_envs)
         critic_order = np.stack([rng.permutation(cfg.batch_size)
                                  for _ in range(cfg.critic_epochs)]).astype(np.int32)
-        # 3 + 4. Natural-gradient policy step and value fit, in one compiled call.
-        stats = self._update_fn(_flat(rollout.obs), _flat(rollout.actions), update_advantages,
-                                update_returns, critic_order)
+        # 3. Natural-gradient policy step.
+        obs = _flat(rollout.obs)
+        stats = self._update_fns.policy(obs, _flat(rollout.actions), update_advantages)
         stats = {k: v.numpy() for k, v in stats.items()}
-        if not (stats.pop("weights_finite") and np.isfinite(stats["value_loss"])):
+        if not stats.pop("policy_finite"):
+            raise NonFiniteError("the policy weights are not finite after the step")
+        # 4. Value fit; meanwhile, with prefetch, the next batch is collected.
+        if prefetch:
+            fit = self._fit_thread().submit(self._update_fns.value, obs, update_returns,
+                                            critic_order)
+            self._prefetched = self._collect_next(worker, rng)
+            value_stats = fit.result()
+        else:
+            value_stats = self._update_fns.value(obs, update_returns, critic_order)
+        stats["value_loss"] = value_stats["value_loss"].numpy()
+        if not (value_stats["value_finite"].numpy() and np.isfinite(stats["value_loss"])):
             raise NonFiniteError(
-                f"the value loss ({stats['value_loss']}) or the weights are not finite after "
-                f"the update (largest |return| {np.max(np.abs(returns)):.3g})")
+                f"the value loss ({stats['value_loss']}) or the value weights are not finite "
+                f"after the fit (largest |return| {np.max(np.abs(returns)):.3g})")
         # 5. Log.
         elapsed = time.perf_counter() - start
         self.num_timesteps += cfg.batch_size * self.num_workers
@@ -305,7 +337,7 @@ class TRPO:
         return {
             "env_steps": self.num_timesteps,
             "wall_time": self.wall_time,
-            "mean_return": worker.mean_return(),
+            "mean_return": mean_return,
             "kl": float(stats["kl"]),
             "entropy": float(stats["entropy"]),
             "value_loss": float(stats["value_loss"]),
@@ -319,11 +351,27 @@ class TRPO:
             "skipped_batches": self.skipped_batches,
         }
 
-    def _make_update_fn(self):
-        return make_update_fn(self.config, self.policy, self.value, self.policy_optimizer,
-                              self.value_optimizer, self.encoder.leaf_specs(),
-                              action_layout(self.action_space),
-                              strategy=self.strategy if self.num_workers > 1 else None)
+    def _collect_next(self, worker: RolloutWorker, rng: np.random.Generator) -> Prefetched:
+        """The next update's batch, with the new policy; a non-finite observation or reward
+        is kept to be raised by that update, as if it had collected the batch itself."""
+        normalizers = normalizer_state(self)
+        try:
+            rollout = worker.collect(self.policy.numpy_params(), self.config.n_steps, rng,
+                                     first_step=self.num_timesteps + self.config.batch_size)
+            return Prefetched(rollout, None, normalizers)
+        except NonFiniteError as exc:
+            return Prefetched(None, exc, normalizers)
+
+    def _fit_thread(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="natgrad-value-fit")
+        return self._executor
+
+    def _make_update_fns(self) -> UpdateFunctions:
+        return make_update_fns(self.config, self.policy, self.value, self.policy_optimizer,
+                               self.value_optimizer, self.encoder.leaf_specs(),
+                               action_layout(self.action_space),
+                               strategy=self.strategy if self.num_workers > 1 else None)
 
     def _ensure_worker(self) -> RolloutWorker:
         """Creates the vector env (restoring a checkpoint's env state if one is pending)."""

@@ -1,15 +1,19 @@
-"""The compiled TRPO update: the natural-gradient policy step and the value fit, one call.
+"""The compiled TRPO update: the natural-gradient policy step and the value fit.
 
-:func:`make_update_fn` returns a ``tf.function`` with a fixed input signature (traced once
-per agent) that, on one batch of ``N = n_envs × n_steps`` samples,
+:func:`make_update_fns` returns two ``tf.function``s with fixed input signatures (each traced
+once per agent) that, on one batch of ``N = n_envs × n_steps`` samples,
 
-1. takes the policy step with :meth:`natgrad.NaturalGradient.minimize` on the surrogate
-   ``L(θ) = −mean_n[π_θ(a_n|s_n) / π_old(a_n|s_n) · Â_n]``, its curvature the Fisher in
-   Gauss-Newton form on every ``fisher_subsample``-th state, its line search bounded by
-   ``KL(π_old‖π_θ) ≤ max_kl``;
-2. fits the value function: ``critic_epochs`` passes of Adam over minibatches of
-   ``mean (V(s) − R̂)²`` in the given order;
-3. returns the step's statistics, the final value loss and ``weights_finite``.
+1. ``policy``: take the policy step with :meth:`natgrad.NaturalGradient.minimize` on the
+   surrogate ``L(θ) = −mean_n[π_θ(a_n|s_n) / π_old(a_n|s_n) · Â_n]``, its curvature the Fisher
+   in Gauss-Newton form on every ``fisher_subsample``-th state, its line search bounded by
+   ``KL(π_old‖π_θ) ≤ max_kl``; return the step's statistics and ``policy_finite``;
+2. ``value``: fit the value function, ``critic_epochs`` passes of Adam over minibatches of
+   ``mean (V(s) − R̂)²`` in the given order; return the final value loss and
+   ``value_finite``.
+
+The two touch disjoint variables. :class:`agents.trpo.TRPO` runs the value fit on a second
+thread while it collects the next batch with the new policy (the rollout needs only the
+policy): the same arithmetic in the same order, so the run is the same as one after the other.
 
 With a ``strategy`` (``MultiWorkerMirroredStrategy``: one replica per worker process, each on
 its own batch), the same update runs under ``strategy.run`` and equals the update on all
@@ -19,7 +23,7 @@ policy step averages its loss, gradient, Fisher products and line search over th
 losses scaled by ``1 / workers``, and every worker applies the same change. Collectives may
 not sit inside graph loops on CPU, so there the value-fit loop is unrolled.
 
-The function is traced without AutoGraph (``autograph=False``): every loop and branch in it,
+Both are traced without AutoGraph (``autograph=False``): every loop and branch in it,
 natgrad's included, is an explicit ``tf.while_loop``/``tf.cond`` or plain Python on static
 values. AutoGraph's source-to-source conversion of those modules cost ~6 s of tracing per agent
 (of ~6.5 s; measured with ``scripts/profile_trpo.py``), more than all of CartPole's TF updates.
@@ -28,6 +32,8 @@ values. AutoGraph's source-to-source conversion of those modules cost ~6 s of tr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -35,10 +41,11 @@ from natgrad.distribute import ReplicaMean, replica_context
 from natgrad.structure import all_finite
 
 
-def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_spec,
-                   action_spec: tuple, strategy=None):
-    """``update(obs [N, ...], actions [N, *action_shape], advantages [N], returns [N],
-    critic_order [critic_epochs, N]) -> dict of scalars``.
+def make_update_fns(cfg, policy, value, policy_optimizer, value_optimizer, obs_spec,
+                    action_spec: tuple, strategy=None) -> UpdateFunctions:
+    """:class:`UpdateFunctions`: ``policy(obs [N, ...], actions [N, *action_shape],
+    advantages [N])`` and ``value(obs, returns [N], critic_order [critic_epochs, N])``, each
+    returning a dict of scalars.
 
     ``obs_spec`` is ``(shape, dtype)`` of one observation, or a dict of them
     (:meth:`agents.spaces.ObservationEncoder.leaf_specs`); ``action_spec`` is ``(shape,
@@ -109,26 +116,43 @@ def make_update_fn(cfg, policy, value, policy_optimizer, value_optimizer, obs_sp
         std = tf.sqrt(mean(tf.reduce_mean(tf.square(advantages - mu))))
         return (advantages - mu) / (std + 1e-8)
 
-    @tf.function(autograph=False, input_signature=[
-        obs_signature, action_signature, tf.TensorSpec([n], tf.float32),
-        tf.TensorSpec([n], tf.float32), tf.TensorSpec([cfg.critic_epochs, n], tf.int32)])
-    def update(obs, actions, advantages, returns, critic_order):
-        if strategy is not None:
-            return strategy.experimental_local_results(strategy.run(
-                replica_update, args=(obs, actions, advantages, returns, critic_order)))[0]
-        return replica_update(obs, actions, advantages, returns, critic_order)
+    def on_replicas(fn, *args):
+        if strategy is None:
+            return fn(*args)
+        return strategy.experimental_local_results(strategy.run(fn, args=args))[0]
 
-    def replica_update(obs, actions, advantages, returns, critic_order):
+    @tf.function(autograph=False, input_signature=[
+        obs_signature, action_signature, tf.TensorSpec([n], tf.float32)])
+    def update_policy(obs, actions, advantages):
+        return on_replicas(replica_policy_step, obs, actions, advantages)
+
+    def replica_policy_step(obs, actions, advantages):
         if strategy is not None and cfg.normalize_advantages:
             advantages = standardize(advantages)
         stats = policy_step(obs, actions, advantages)
-        stats["value_loss"] = fit_value(obs, returns, critic_order)
-        mean = ReplicaMean(replica_context())
-        stats["value_loss"], stats["entropy"] = mean((stats["value_loss"], stats["entropy"]))
-        stats["weights_finite"] = all_finite(policy.trainable_variables, value_vars)
+        stats["entropy"] = ReplicaMean(replica_context())(stats["entropy"])
+        stats["policy_finite"] = all_finite(policy.trainable_variables)
         return stats
 
-    return update
+    @tf.function(autograph=False, input_signature=[
+        obs_signature, tf.TensorSpec([n], tf.float32),
+        tf.TensorSpec([cfg.critic_epochs, n], tf.int32)])
+    def update_value(obs, returns, critic_order):
+        return on_replicas(replica_value_fit, obs, returns, critic_order)
+
+    def replica_value_fit(obs, returns, critic_order):
+        loss = ReplicaMean(replica_context())(fit_value(obs, returns, critic_order))
+        return {"value_loss": loss, "value_finite": all_finite(value_vars)}
+
+    return UpdateFunctions(update_policy, update_value)
+
+
+class UpdateFunctions(NamedTuple):
+    """The two compiled halves of an update. They touch disjoint variables, so the value fit
+    may run while the next batch is collected with the new policy (see ``agents.trpo``)."""
+
+    policy: Callable  # (obs, actions, advantages) -> step statistics, "policy_finite"
+    value: Callable  # (obs, returns, critic_order) -> {"value_loss", "value_finite"}
 
 
 def _rows(obs, idx):

@@ -99,13 +99,13 @@ def test_unsupported_spaces_raise(obs_space, act_space, which, name):
 
 def _recording(agent):
     calls = []
-    inner = agent._update_fn
+    inner = agent._update_fns.policy
 
-    def wrapped(obs, actions, advantages, returns, order):
+    def wrapped(obs, actions, advantages):
         calls.append(advantages)
-        return inner(obs, actions, advantages, returns, order)
+        return inner(obs, actions, advantages)
 
-    agent._update_fn = wrapped
+    agent._update_fns = agent._update_fns._replace(policy=wrapped)
     return calls
 
 
@@ -292,3 +292,77 @@ def test_a_custom_env_given_as_module_colon_id(tmp_path, monkeypatch):
     assert max(agent.evaluate(2)["returns"]) <= 50
     with pytest.raises(ValueError, match="cannot import module 'no_such_module'"):
         TRPO("no_such_module:Env-v0")
+
+
+# The value fit overlapped with the next rollout ---------------------------------------------
+
+
+def _sequential(agent):
+    """The same agent with the overlap off: every update collects its own batch."""
+    agent._may_prefetch = lambda total, stop: False
+    return agent
+
+
+def _collect_calls(agent):
+    """Records, per rollout, whether it collected the next update's batch (during this one)."""
+    worker = agent._ensure_worker()
+    inner, early = worker.collect, []
+
+    def collect(*args, first_step, **kwargs):
+        early.append(first_step > agent.num_timesteps)
+        return inner(*args, first_step=first_step, **kwargs)
+
+    worker.collect = collect
+    return early
+
+
+@pytest.mark.parametrize("env_id, extra", [("CartPole-v1", {}),
+                                           ("Pendulum-v1", {"normalize_obs": True,
+                                                            "normalize_reward": True})])
+def test_overlapped_value_fit_gives_the_sequential_run_bit_for_bit(tmp_path, env_id, extra):
+    settings = {**SMALL, **extra, "checkpoint_every": 3}
+    overlapped = TRPO(env_id, run_dir=tmp_path / "overlapped", **settings)
+    calls = _collect_calls(overlapped)
+    overlapped.learn(7 * 128)
+    sequential = _sequential(TRPO(env_id, run_dir=tmp_path / "sequential", **settings))
+    sequential.learn(7 * 128)
+    # 7 batches; updates 3 and 6 are checkpointed and update 7 is the last, so the batches of
+    # updates 2, 3, 5 and 6 were collected early, during the value fit of the update before.
+    assert len(calls) == 7 and sum(calls) == 4
+    for a, b in zip(overlapped.policy.trainable_variables + overlapped.value.trainable_variables,
+                    sequential.policy.trainable_variables + sequential.value.trainable_variables,
+                    strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    keep = [k for k in overlapped.history[0] if k not in ("wall_time", "steps_per_second")]
+    np.testing.assert_equal([{k: r[k] for k in keep} for r in overlapped.history],
+                            [{k: r[k] for k in keep} for r in sequential.history])  # NaN == NaN
+
+
+def test_a_stop_signal_during_an_early_rollout_finishes_that_update_then_checkpoints(tmp_path):
+    import signal
+
+    from agents.stop_signals import TrainingInterrupted
+
+    settings = {**SMALL, "checkpoint_every": 100, "save_env_state": True}
+    run = tmp_path / "run"
+    agent = TRPO("CartPole-v1", run_dir=run, **settings)
+    worker = agent._ensure_worker()
+    inner, count = worker.collect, [0]
+
+    def collect(*args, **kwargs):
+        count[0] += 1
+        if count[0] == 3:  # the batch of update 3, collected early during update 2
+            signal.raise_signal(signal.SIGINT)
+        return inner(*args, **kwargs)
+
+    worker.collect = collect
+    with pytest.raises(TrainingInterrupted) as stopped:
+        agent.learn(8 * 128)
+    # The batch collected when the signal came was used: update 3 ran, then the checkpoint.
+    assert stopped.value.num_timesteps == 3 * 128 and count[0] == 3
+    assert stopped.value.checkpoint.name == "update_000003.ckpt"
+    resumed = TRPO.resume(run, trust_env_state=True).learn(8 * 128)
+    straight = TRPO("CartPole-v1", run_dir=tmp_path / "straight", **settings).learn(8 * 128)
+    for a, b in zip(resumed.policy.trainable_variables, straight.policy.trainable_variables,
+                    strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
