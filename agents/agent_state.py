@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -40,16 +39,6 @@ def _variable_groups(agent) -> dict[str, list]:
         "policy_optimizer": list(agent.policy_optimizer.variables),
         "value_optimizer": list(agent.value_optimizer.variables),
     }
-
-
-class Prefetched(NamedTuple):
-    """A batch collected ahead by the previous update (:meth:`agents.trpo.TRPO._iteration`):
-    the rollout, or the :class:`NonFiniteError` its collection met, and the normalizers' state
-    from before it (the state the next update is undone to if it fails)."""
-
-    rollout: object
-    error: Exception | None
-    normalizers: tuple
 
 
 def normalizer_state(agent) -> tuple:
@@ -78,6 +67,28 @@ def restore_training_snapshot(agent, snapshot: tuple) -> None:
 
 def _all_variables(agent) -> list:
     return [v for group in _variable_groups(agent).values() for v in group]
+
+
+def restore_worker(agent, worker, pending: dict, reseed: int) -> None:
+    """Puts a new rollout worker into a checkpoint's state (``agent._pending_env_state``): the
+    pickled sync envs where given and trusted, else fresh envs seeded ``reseed`` (the episodes
+    in progress are lost). The normalizers keep the checkpoint's state either way."""
+    # A reset feeds the first observations to the normalizers: keep their saved state.
+    obs_state, reward_state = normalizer_state(agent)
+    if pending["sub_envs"] is not None and isinstance(worker.envs, gym.vector.SyncVectorEnv):
+        worker.envs.envs = pending["sub_envs"]
+        worker.load_state(pending["worker"])
+    else:
+        worker.reset(reseed)
+        n_envs = worker.envs.num_envs
+        worker.load_state({**pending["worker"], "last_obs": worker.last_obs,
+                           "running_returns": np.zeros(n_envs)})
+        if reward_state is not None:
+            reward_state["returns"] = np.zeros(n_envs)
+    if obs_state is not None:
+        agent.obs_rms.load_state(obs_state)
+    if reward_state is not None:
+        agent.reward_scaler.load_state(reward_state)
 
 
 def agent_checkpoint(agent) -> tuple[dict, dict[str, np.ndarray]]:

@@ -23,21 +23,19 @@ import contextlib
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import gymnasium as gym
 import keras
 import numpy as np
 from tqdm.auto import tqdm
 
 import natgrad
 from agents.agent_state import (
-    Prefetched,
     agent_checkpoint,
     agent_from_checkpoint,
     normalizer_state,
     restore_training_snapshot,
+    restore_worker,
     training_snapshot,
 )
 from agents.checkpoint import (
@@ -51,6 +49,7 @@ from agents.evaluation import EVAL_SEED_OFFSET, evaluate_policy
 from agents.logger import PROGRESS_KEYS, ProgressLogger
 from agents.networks import build_networks
 from agents.normalization import RewardScaler, RunningMeanStd
+from agents.overlap import ValueFitOverlap
 from agents.rollout import (
     NonFiniteError,
     RolloutWorker,
@@ -142,8 +141,7 @@ class TRPO:
         self._resumed = False  # set by resume(): learn() then checks and trims the run dir
         self._newest_at_resume: Path | None = None
         self._saved_update: int | None = None
-        self._prefetched: Prefetched | None = None  # the next update's batch, collected early
-        self._executor: ThreadPoolExecutor | None = None  # runs the value fit
+        self._overlap = ValueFitOverlap()  # the value fit beside the next rollout
 
     def _build_networks(self) -> None:
         """Policy, value function, both optimizers and the compiled update (in the
@@ -197,7 +195,7 @@ class TRPO:
                                     sps=f"{row['steps_per_second']:.0f}")
                     if self.updates % self.config.checkpoint_every == 0:
                         self._checkpoint()
-                    if stop.signal is not None and self._prefetched is None:
+                    if stop.signal is not None and self._overlap.pending is None:
                         raise TrainingInterrupted(stop.signal, self.num_timesteps,
                                                   self._checkpoint())
                     # (a stop with the next batch already collected finishes that update first)
@@ -206,7 +204,7 @@ class TRPO:
                 self._checkpoint()  # the last good state: the bad batch was undone
                 raise
             finally:
-                self._prefetched = None
+                self._overlap.drop()
                 bar.close()
                 logger.close()
         return self
@@ -248,12 +246,12 @@ class TRPO:
         it is not finite; returns its progress row. With ``prefetch``, the next batch is
         collected while the value fit runs (:meth:`_iteration`)."""
         start = time.perf_counter()
-        pending, self._prefetched = self._prefetched, None
+        pending = self._overlap.take()
         snapshot = training_snapshot(self, None if pending is None else pending.normalizers)
         try:
             return self._iteration(worker, pending, prefetch)
         except NonFiniteError as exc:
-            self._prefetched = None  # collected by a policy that is being undone
+            self._overlap.drop()  # collected by a policy that is being undone
             restore_training_snapshot(self, snapshot)
             first, last = self.num_timesteps + 1, self.num_timesteps + self.config.batch_size
             message = f"update {self.updates + 1} (env steps {first:,}-{last:,}): {exc}"
@@ -270,15 +268,13 @@ class TRPO:
                    mean_return=worker.mean_return(), skipped_batches=self.skipped_batches)
         return row
 
-    def _iteration(self, worker: RolloutWorker, pending: Prefetched | None,
-                   prefetch: bool) -> dict:
+    def _iteration(self, worker: RolloutWorker, pending, prefetch: bool) -> dict:
         """One TRPO iteration (Algorithm 1); returns its progress row.
 
-        ``pending`` is this update's batch if the previous update collected it. With
-        ``prefetch``, the value fit (step 4) runs on a second thread while the next batch is
-        collected with the new policy: the same computations in the same order as without
-        (the rollout reads only the policy, the fit only the value function, and the
-        minibatch order is drawn before the rollout), so the run is identical.
+        ``pending`` is this update's batch if the previous update collected it
+        (:class:`agents.overlap.Prefetched`). With ``prefetch``, the value fit (step 4) runs on
+        a second thread while the next batch is collected with the new policy: the run is
+        identical to one without (:mod:`agents.overlap`).
         """
         cfg, start = self.config, time.perf_counter()
         # 1. Collect a batch with the current policy.
@@ -317,13 +313,15 @@ class TRPO:
         if not stats.pop("policy_finite"):
             raise NonFiniteError("the policy weights are not finite after the step")
         # 4. Value fit; meanwhile, with prefetch, the next batch is collected.
+        fit_args = (obs, update_returns, critic_order)
         if prefetch:
-            fit = self._fit_thread().submit(self._update_fns.value, obs, update_returns,
-                                            critic_order)
-            self._prefetched = self._collect_next(worker, rng)
-            value_stats = fit.result()
+            value_stats = self._overlap.fit_while_collecting(
+                lambda: self._update_fns.value(*fit_args),
+                lambda: worker.collect(self.policy.numpy_params(), cfg.n_steps, rng,
+                                       first_step=self.num_timesteps + cfg.batch_size),
+                normalizer_state(self))
         else:
-            value_stats = self._update_fns.value(obs, update_returns, critic_order)
+            value_stats = self._update_fns.value(*fit_args)
         stats["value_loss"] = value_stats["value_loss"].numpy()
         if not (value_stats["value_finite"].numpy() and np.isfinite(stats["value_loss"])):
             raise NonFiniteError(
@@ -351,22 +349,6 @@ class TRPO:
             "skipped_batches": self.skipped_batches,
         }
 
-    def _collect_next(self, worker: RolloutWorker, rng: np.random.Generator) -> Prefetched:
-        """The next update's batch, with the new policy; a non-finite observation or reward
-        is kept to be raised by that update, as if it had collected the batch itself."""
-        normalizers = normalizer_state(self)
-        try:
-            rollout = worker.collect(self.policy.numpy_params(), self.config.n_steps, rng,
-                                     first_step=self.num_timesteps + self.config.batch_size)
-            return Prefetched(rollout, None, normalizers)
-        except NonFiniteError as exc:
-            return Prefetched(None, exc, normalizers)
-
-    def _fit_thread(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="natgrad-value-fit")
-        return self._executor
-
     def _make_update_fns(self) -> UpdateFunctions:
         return make_update_fns(self.config, self.policy, self.value, self.policy_optimizer,
                                self.value_optimizer, self.encoder.leaf_specs(),
@@ -386,22 +368,7 @@ class TRPO:
         if pending is None:
             worker.reset(seed)
         else:
-            # A reset feeds the first observations to the normalizers: keep their saved state.
-            obs_state = None if self.obs_rms is None else self.obs_rms.state()
-            reward_state = None if self.reward_scaler is None else self.reward_scaler.state()
-            if pending["sub_envs"] is not None and isinstance(envs, gym.vector.SyncVectorEnv):
-                envs.envs = pending["sub_envs"]
-                worker.load_state(pending["worker"])
-            else:  # re-seed: the episodes in progress are lost
-                worker.reset(seed + self.updates)
-                worker.load_state({**pending["worker"], "last_obs": worker.last_obs,
-                                   "running_returns": np.zeros(cfg.n_envs)})
-                if reward_state is not None:
-                    reward_state["returns"] = np.zeros(cfg.n_envs)
-            if obs_state is not None:
-                self.obs_rms.load_state(obs_state)
-            if reward_state is not None:
-                self.reward_scaler.load_state(reward_state)
+            restore_worker(self, worker, pending, seed + self.updates)
         self._worker = worker
         return worker
 
