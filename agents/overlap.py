@@ -15,7 +15,7 @@ environment and random state must be those from before the batch it has not trai
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import NamedTuple
 
 from agents.rollout import NonFiniteError, Rollout
@@ -23,12 +23,17 @@ from agents.rollout import NonFiniteError, Rollout
 
 class Prefetched(NamedTuple):
     """The next update's batch, or the :class:`NonFiniteError` its collection met (raised by
-    that update, as if it had collected the batch itself), and the normalizers' state from
-    before it (the state that update is undone to if it fails)."""
+    that update, as if it had collected the batch itself), and what the collection changed,
+    as it was before: the normalizers, the random generator and the worker's episode
+    bookkeeping (``RolloutWorker.state``). A batch that is dropped (its update failed, or
+    training stopped on an error) is undone with them; the envs, which cannot be wound back,
+    are re-seeded (``TRPO._unwind_prefetch``)."""
 
     rollout: Rollout | None
     error: NonFiniteError | None
     normalizers: tuple
+    rng_state: dict
+    worker_state: dict
 
 
 class ValueFitOverlap:
@@ -39,27 +44,42 @@ class ValueFitOverlap:
         self._executor: ThreadPoolExecutor | None = None
 
     def take(self) -> Prefetched | None:
-        """The batch collected early for this update (``None`` if there is none)."""
+        """The batch collected early, now the caller's to use or undo (``None`` if none)."""
         pending, self.pending = self.pending, None
         return pending
 
-    def drop(self) -> None:
-        self.pending = None
-
     def fit_while_collecting(self, fit: Callable[[], dict], collect: Callable[[], Rollout],
-                             normalizers: tuple) -> dict:
+                             before: tuple) -> dict:
         """Runs ``fit()`` on the worker thread and ``collect()`` here; keeps the batch as
-        :attr:`pending` and returns what ``fit()`` returned (or raises what it raised)."""
+        :attr:`pending` (with ``before``: normalizers, random state, worker state) and returns
+        what ``fit()`` returned, or raises what it raised. Whatever happens, the fit has
+        finished when this returns or raises: its variables are never written behind the
+        caller's back."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="natgrad-value-fit")
         future = self._executor.submit(fit)
         try:
             try:
-                self.pending = Prefetched(collect(), None, normalizers)
+                self.pending = Prefetched(collect(), None, *before)
             except NonFiniteError as exc:
-                self.pending = Prefetched(None, exc, normalizers)
-        except BaseException:  # an env error or a second Ctrl-C: let the fit finish first
-            self.pending = None
-            wait([future])
+                self.pending = Prefetched(None, exc, *before)
+            return future.result()
+        except BaseException:  # the fit failed, or an env error, or a second Ctrl-C
+            _wait_through_interrupts(future)
             raise
-        return future.result()
+
+    def close(self) -> None:
+        """Ends the worker thread (a later fit starts a new one)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+def _wait_through_interrupts(future: Future) -> None:
+    """Waits for ``future`` even through further Ctrl-C: a value fit takes well under a
+    second, and returning earlier would leave it writing variables the caller goes on using."""
+    while not future.done():
+        try:
+            wait([future])
+        except KeyboardInterrupt:
+            continue

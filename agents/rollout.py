@@ -168,7 +168,8 @@ class RolloutWorker:
         """Resets every env (env ``i`` gets ``seed + i``)."""
         self.last_obs, _ = self.envs.reset(seed=seed)
         self._observe(self.last_obs)
-        if self.reward_scaler is not None:  # every episode starts again
+        self.running_returns = np.zeros(self.envs.num_envs)  # every episode starts again
+        if self.reward_scaler is not None:
             self.reward_scaler.returns[:] = 0.0
 
     def _observe(self, raw_obs) -> None:

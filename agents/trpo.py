@@ -204,10 +204,28 @@ class TRPO:
                 self._checkpoint()  # the last good state: the bad batch was undone
                 raise
             finally:
-                self._overlap.drop()
+                self._unwind_prefetch(worker)  # only after an error can a batch be left
+                self._overlap.close()
                 bar.close()
                 logger.close()
         return self
+
+    def _unwind_prefetch(self, worker: RolloutWorker) -> None:
+        """Undoes a batch collected early that will not be trained on: random state, episode
+        bookkeeping and normalizers as before it; the envs, which moved on, re-seeded."""
+        dropped = self._overlap.take()
+        if dropped is None:
+            return
+        self.rng.bit_generator.state = dropped.rng_state
+        worker.reset(self.config.seed + self.updates)
+        worker.load_state({**dropped.worker_state, "last_obs": worker.last_obs,
+                           "running_returns": np.zeros(worker.envs.num_envs)})
+        obs_state, reward_state = dropped.normalizers
+        if obs_state is not None:
+            self.obs_rms.load_state(obs_state)
+        if reward_state is not None:
+            self.reward_scaler.load_state({**reward_state,
+                                           "returns": np.zeros(worker.envs.num_envs)})
 
     def _may_prefetch(self, total: int, stop: StopSignals) -> bool:
         """Whether the coming update may collect the next batch while its value fit runs: not
@@ -251,7 +269,7 @@ class TRPO:
         try:
             return self._iteration(worker, pending, prefetch)
         except NonFiniteError as exc:
-            self._overlap.drop()  # collected by a policy that is being undone
+            self._unwind_prefetch(worker)  # collected by a policy that is being undone
             restore_training_snapshot(self, snapshot)
             first, last = self.num_timesteps + 1, self.num_timesteps + self.config.batch_size
             message = f"update {self.updates + 1} (env steps {first:,}-{last:,}): {exc}"
@@ -319,7 +337,7 @@ class TRPO:
                 lambda: self._update_fns.value(*fit_args),
                 lambda: worker.collect(self.policy.numpy_params(), cfg.n_steps, rng,
                                        first_step=self.num_timesteps + cfg.batch_size),
-                normalizer_state(self))
+                (normalizer_state(self), rng.bit_generator.state, worker.state()))
         else:
             value_stats = self._update_fns.value(*fit_args)
         stats["value_loss"] = value_stats["value_loss"].numpy()

@@ -1,6 +1,6 @@
 """Where a TRPO run's time goes: start-up, then each update split into its parts.
 
-Trains one env for ``--steps`` steps (default 100k, the env's preset otherwise) with timers
+Trains one env for ``--steps`` steps (default 100k) with its preset, timers
 wrapped around the agent's parts, without changing them:
 
 * ``import``: importing TensorFlow, Keras and the agent (measured from this script's start);

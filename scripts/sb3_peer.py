@@ -10,11 +10,12 @@ with the observation statistics frozen and unnormalized rewards, as natgrad eval
 clock of ``learn_seconds`` excludes the evaluations. Prints one JSON line (prefixed
 ``SB3_RESULT``) with the returns per budget and the timings.
 
-Settings (RL Baselines3 Zoo's ``trpo.yml``, as summarized in ``shared/ANCHORS.md``): classic
-control 2 envs; CartPole-v1 512 steps per env, λ 0.98, CG damping 1e-3, 20 critic updates;
-Pendulum-v1 1024 steps, γ 0.9, 15 critic updates (without the Zoo's gSDE, as natgrad has none);
-MuJoCo: ``VecNormalize`` (observations and rewards), 2 envs x 1024 steps, λ 0.95, CG 25 steps,
-damping 0.1, 20 critic updates, critic minibatch 128. sb3-contrib's defaults otherwise.
+Settings (RL Baselines3 Zoo's ``hyperparams/trpo.yml``; sb3-contrib's defaults where it says
+nothing), 2 envs each: CartPole-v1 512 steps per env, critic minibatch 512, λ 0.98, CG damping
+1e-3, 20 critic updates; Pendulum-v1 1024 steps, γ 0.9, 15 critic updates (without the Zoo's
+gSDE, which natgrad does not have); Acrobot-v1 ``VecNormalize``, 1024 steps; MuJoCo
+``VecNormalize`` (observations and rewards), 1024 steps, λ 0.95, CG 25 steps, damping 0.1, 20
+critic updates, critic minibatch 128, and on HalfCheetah ``target_kl`` 0.04.
 
 Usage (inside the peer venv)::
 
@@ -32,16 +33,16 @@ import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
+# (settings, normalize): RL Zoo trpo.yml; what it leaves out is sb3-contrib's default.
 CLASSIC = {
-    "CartPole-v1": dict(n_steps=512, gamma=0.99, gae_lambda=0.98, cg_damping=1e-3,
-                        learning_rate=1e-3, n_critic_updates=20),
-    "Pendulum-v1": dict(n_steps=1024, gamma=0.9, gae_lambda=0.95, learning_rate=1e-3,
-                        n_critic_updates=15),
-    "Acrobot-v1": dict(n_steps=1024, gamma=0.99, gae_lambda=0.95, learning_rate=1e-3,
-                       n_critic_updates=20),
+    "CartPole-v1": (dict(n_steps=512, batch_size=512, gamma=0.99, gae_lambda=0.98,
+                         cg_damping=1e-3, learning_rate=1e-3, n_critic_updates=20), False),
+    "Pendulum-v1": (dict(n_steps=1024, gamma=0.9, n_critic_updates=15), False),
+    "Acrobot-v1": (dict(n_steps=1024), True),
 }
 MUJOCO = dict(n_steps=1024, batch_size=128, gamma=0.99, gae_lambda=0.95, cg_max_steps=25,
               cg_damping=0.1, n_critic_updates=20, learning_rate=1e-3)
+MUJOCO_EXTRA = {"HalfCheetah-v5": dict(target_kl=0.04)}
 N_ENVS = 2
 EVAL_SEED_OFFSET = 10_000
 
@@ -49,8 +50,9 @@ EVAL_SEED_OFFSET = 10_000
 def settings(env_id: str) -> tuple[dict, bool]:
     """``(TRPO keyword arguments, normalize)`` for ``env_id``."""
     if env_id in CLASSIC:
-        return dict(CLASSIC[env_id]), False
-    return dict(MUJOCO), True
+        settings, normalize = CLASSIC[env_id]
+        return dict(settings), normalize
+    return {**MUJOCO, **MUJOCO_EXTRA.get(env_id, {})}, True
 
 
 def evaluate(model, env_id: str, vec_normalize, episodes: int, seed: int) -> list[float]:
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
     kwargs, normalize = settings(args.env_id)
     env = make_vec_env(args.env_id, n_envs=N_ENVS, seed=args.seed)
     if normalize:
-        env = VecNormalize(env, gamma=kwargs["gamma"])
+        env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99))
     model = TRPO("MlpPolicy", env, seed=args.seed, device="cpu", verbose=0, **kwargs)
     results, learn_seconds, eval_seconds = [], 0.0, 0.0
     for budget in sorted(args.budgets):

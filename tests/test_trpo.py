@@ -366,3 +366,31 @@ def test_a_stop_signal_during_an_early_rollout_finishes_that_update_then_checkpo
     for a, b in zip(resumed.policy.trainable_variables, straight.policy.trainable_variables,
                     strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_failed_value_fit_undoes_the_batch_collected_beside_it(tmp_path):
+    import tensorflow as tf
+
+    def run(sequential):
+        agent = TRPO("CartPole-v1", **{**SMALL, "on_non_finite": "skip"})
+        if sequential:
+            _sequential(agent)
+        inner, calls = agent._update_fns.value, [0]
+
+        def value(*args):  # the second value fit reports non-finite weights
+            calls[0] += 1
+            out = inner(*args)
+            return {**out, "value_finite": tf.constant(calls[0] != 2)}
+
+        agent._update_fns = agent._update_fns._replace(value=value)
+        return agent.learn(5 * 128)
+
+    overlapped, sequential = run(False), run(True)
+    assert overlapped.skipped_batches == sequential.skipped_batches == 1
+    assert overlapped.rng.bit_generator.state == sequential.rng.bit_generator.state
+    assert overlapped._worker.episodes == sequential._worker.episodes
+    for a, b in zip(overlapped.policy.trainable_variables, sequential.policy.trainable_variables,
+                    strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_equal([r["mean_return"] for r in overlapped.history],
+                            [r["mean_return"] for r in sequential.history])
