@@ -60,6 +60,10 @@ class TRPOConfig:
         "VecNormalize; reported episode returns stay unscaled.", False)
     normalize_advantages: bool = _help("Standardize advantages to mean 0, std 1 per batch.", True)
     log_std_init: float = _help("Initial log standard deviation of a Gaussian policy.", 0.0)
+    overlap_value_fit: bool = _help(
+        "Run each value fit on a second thread while the next batch is collected (the same "
+        "run, bit for bit). Pays off only with spare cores: on 2 it measured no faster.",
+        False)
     checkpoint_every: int = _help("Write a checkpoint every this many updates (and at the end).",
                                   10)
     eval_episodes: int = _help("Episodes of a deterministic evaluation.", 10)
@@ -118,7 +122,8 @@ class TRPOConfig:
                 f"{self.batch_size} states for the Fisher: the trust region would rest on too "
                 f"few states and every step would be rejected (accepted: at most "
                 f"{max(1, self.batch_size // MIN_FISHER_SAMPLES)} with this batch)")
-        for name in ("normalize_obs", "normalize_reward", "normalize_advantages", "save_env_state"):
+        for name in ("normalize_obs", "normalize_reward", "normalize_advantages", "save_env_state",
+                     "overlap_value_fit"):
             need(isinstance(getattr(self, name), bool), name, "true or false")
         if problems:
             raise ValueError("invalid TRPO configuration: " + "; ".join(problems))

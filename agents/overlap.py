@@ -1,11 +1,14 @@
-"""The value fit of one update, run while the next update's batch is collected.
+"""The value fit of one update, run while the next update's batch is collected
+(``TRPOConfig.overlap_value_fit``, off by default).
 
 An update's value fit touches only the value network and its optimizer; the next rollout
 reads only the new policy (and the normalizers). :class:`ValueFitOverlap` runs the fit on a
 second thread (TensorFlow releases the GIL while it computes) and collects the next batch on
 this one, then waits for the fit. The minibatch order of the fit is drawn before the rollout
 draws its actions, so the random numbers, and the whole run, are those of running the two one
-after the other.
+after the other. It pays off only with a core to spare: TensorFlow's threads and the rollout
+thread then share the cores, and on 2 cores (CartPole-v1, 100k steps) the overlapped run took
+as long as the sequential one.
 
 A batch collected early is held as :class:`Prefetched` until the next update takes it. The
 agent never checkpoints while holding one (see ``TRPO._may_prefetch``): a checkpoint's

@@ -228,12 +228,14 @@ class TRPO:
                                            "returns": np.zeros(worker.envs.num_envs)})
 
     def _may_prefetch(self, total: int, stop: StopSignals) -> bool:
-        """Whether the coming update may collect the next batch while its value fit runs: not
-        with several workers, nor when a checkpoint or the end follows it (a checkpoint must
-        not hold a batch already collected), nor once a stop was asked for."""
+        """Whether the coming update may collect the next batch while its value fit runs
+        (``overlap_value_fit``): not with several workers, nor when a checkpoint or the end
+        follows it (a checkpoint must not hold a batch already collected), nor once a stop
+        was asked for."""
         checkpoint_follows = (self._writes_run_dir
                               and (self.updates + 1) % self.config.checkpoint_every == 0)
-        return (self.num_workers == 1 and stop.signal is None and not checkpoint_follows
+        return (self.config.overlap_value_fit and self.num_workers == 1
+                and stop.signal is None and not checkpoint_follows
                 and self.num_timesteps + self.config.batch_size < total)
 
     @property

@@ -11,9 +11,8 @@ once per agent) that, on one batch of ``N = n_envs × n_steps`` samples,
    ``mean (V(s) − R̂)²`` in the given order; return the final value loss and
    ``value_finite``.
 
-The two touch disjoint variables. :class:`agents.trpo.TRPO` runs the value fit on a second
-thread while it collects the next batch with the new policy (the rollout needs only the
-policy): the same arithmetic in the same order, so the run is the same as one after the other.
+The two touch disjoint variables, so with ``overlap_value_fit`` the agent runs the value fit
+on a second thread while it collects the next batch with the new policy (:mod:`agents.overlap`).
 
 With a ``strategy`` (``MultiWorkerMirroredStrategy``: one replica per worker process, each on
 its own batch), the same update runs under ``strategy.run`` and equals the update on all

@@ -290,7 +290,8 @@ def print_returns_table(summary: dict, with_peer: bool) -> None:
     header = f"{'env':<16}{'steps':>10}{'seeds':>6}{'natgrad':>20}"
     if with_peer:
         header += f"{'sb3-contrib':>20}{'diff':>9}"
-    header += f"{'natgrad s/run':>15}" + (f"{'sb3 s/run':>11}" if with_peer else "") + "  ref"
+    header += (f"{'natgrad s/run':>15}"
+               + (f"{'sb3 s/run':>11}{'ratio':>7}" if with_peer else "") + "  ref")
     print(header)
     print("-" * len(header))
     for env_id, rows in summary.items():
@@ -303,7 +304,8 @@ def print_returns_table(summary: dict, with_peer: bool) -> None:
                 line += f"{ours['mean'] - peer['mean']:>+9.1f}"
             line += f"{_last_mean(ours['process_seconds']):>15.1f}"
             if with_peer:
-                line += f"{_last_mean(peer['process_seconds']):>11.1f}"
+                ratio = _last_mean(ours["process_seconds"]) / _last_mean(peer["process_seconds"])
+                line += f"{_last_mean(peer['process_seconds']):>11.1f}{ratio:>7.2f}"
             ref = []
             if row["target"] is not None:
                 ref.append(f"target >= {row['target']:g}: "

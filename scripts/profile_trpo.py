@@ -12,7 +12,7 @@ wrapped around the agent's parts, without changing them:
   counted apart as ``TF tracing``), ``TF value`` (the value fit, or, when it runs on a second
   thread beside the next rollout, the main thread's wait for it), ``log + checkpoint`` (the
   remainder of the loop). The parts are the main thread's time and add up to the whole; the
-  value fit's own time is printed below them. ``--sequential`` turns the overlap off.
+  value fit's own time is printed below them. ``--overlap`` turns ``overlap_value_fit`` on.
 
 Prints a table (seconds and share of the whole process) and writes ``OUT_DIR/profile.json``.
 
@@ -71,10 +71,9 @@ def profile(env_id: str, steps: int | None, overrides: dict, sequential: bool) -
     timers.seconds["import"] = time.perf_counter() - SCRIPT_START
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        agent = TRPO(env_id, run_dir=run_dir, **overrides)
+        agent = TRPO(env_id, run_dir=run_dir, **{"overlap_value_fit": not sequential,
+                                                 **overrides})
         timers.seconds["build"] = time.perf_counter() - start
-        if sequential:  # each update collects its own batch: no overlap
-            agent._may_prefetch = lambda total, stop: False
 
         fns, first = agent._update_fns, {"policy": True, "value": True}
 
@@ -153,21 +152,21 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, JSON values (e.g. n_envs=8)")
-    parser.add_argument("--sequential", action="store_true",
-                        help="no overlap: the value fit before the next rollout (as before)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="overlap_value_fit=true: the value fit beside the next rollout")
     parser.add_argument("--out-dir", default="bench_results/profile")
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
-    result = profile(args.env, args.steps, overrides, args.sequential)
+    result = profile(args.env, args.steps, overrides, not args.overlap)
     result["overrides"] = overrides
     print_table(result)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = args.env.replace("/", "_")
-    name += "_sequential" if args.sequential else ""
+    name += "_overlap" if args.overlap else ""
     (out / f"profile_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -320,7 +320,7 @@ def _collect_calls(agent):
                                            ("Pendulum-v1", {"normalize_obs": True,
                                                             "normalize_reward": True})])
 def test_overlapped_value_fit_gives_the_sequential_run_bit_for_bit(tmp_path, env_id, extra):
-    settings = {**SMALL, **extra, "checkpoint_every": 3}
+    settings = {**SMALL, **extra, "checkpoint_every": 3, "overlap_value_fit": True}
     overlapped = TRPO(env_id, run_dir=tmp_path / "overlapped", **settings)
     calls = _collect_calls(overlapped)
     overlapped.learn(7 * 128)
@@ -343,7 +343,8 @@ def test_a_stop_signal_during_an_early_rollout_finishes_that_update_then_checkpo
 
     from agents.stop_signals import TrainingInterrupted
 
-    settings = {**SMALL, "checkpoint_every": 100, "save_env_state": True}
+    settings = {**SMALL, "checkpoint_every": 100, "save_env_state": True,
+                "overlap_value_fit": True}
     run = tmp_path / "run"
     agent = TRPO("CartPole-v1", run_dir=run, **settings)
     worker = agent._ensure_worker()
@@ -372,7 +373,8 @@ def test_a_failed_value_fit_undoes_the_batch_collected_beside_it(tmp_path):
     import tensorflow as tf
 
     def run(sequential):
-        agent = TRPO("CartPole-v1", **{**SMALL, "on_non_finite": "skip"})
+        agent = TRPO("CartPole-v1", **{**SMALL, "on_non_finite": "skip",
+                                       "overlap_value_fit": True})
         if sequential:
             _sequential(agent)
         inner, calls = agent._update_fns.value, [0]
