@@ -326,24 +326,29 @@ class TRPO:
         check_finite("the advantage", update_advantages, self.num_timesteps, cfg.n_envs)
         critic_order = np.stack([rng.permutation(cfg.batch_size)
                                  for _ in range(cfg.critic_epochs)]).astype(np.int32)
-        # 3. Natural-gradient policy step.
-        obs = _flat(rollout.obs)
-        stats = self._update_fns.policy(obs, _flat(rollout.actions), update_advantages)
-        stats = {k: v.numpy() for k, v in stats.items()}
-        if not stats.pop("policy_finite"):
-            raise NonFiniteError("the policy weights are not finite after the step")
-        # 4. Value fit; meanwhile, with prefetch, the next batch is collected.
+        # 3 + 4. Natural-gradient policy step and value fit (meanwhile, with prefetch, the next
+        # batch is collected).
+        obs, actions = _flat(rollout.obs), _flat(rollout.actions)
         fit_args = (obs, update_returns, critic_order)
-        if prefetch:
-            value_stats = self._overlap.fit_while_collecting(
-                lambda: self._update_fns.value(*fit_args),
-                lambda: worker.collect(self.policy.numpy_params(), cfg.n_steps, rng,
-                                       first_step=self.num_timesteps + cfg.batch_size),
-                (normalizer_state(self), rng.bit_generator.state, worker.state()))
+        if not cfg.overlap_value_fit:  # one graph: TensorFlow runs the halves side by side
+            stats = self._update_fns.both(obs, actions, update_advantages, update_returns,
+                                          critic_order)
         else:
-            value_stats = self._update_fns.value(*fit_args)
-        stats["value_loss"] = value_stats["value_loss"].numpy()
-        if not (value_stats["value_finite"].numpy() and np.isfinite(stats["value_loss"])):
+            stats = self._update_fns.policy(obs, actions, update_advantages)
+            if not stats["policy_finite"]:
+                raise NonFiniteError("the policy weights are not finite after the step")
+            if prefetch:
+                stats.update(self._overlap.fit_while_collecting(
+                    lambda: self._update_fns.value(*fit_args),
+                    lambda: worker.collect(self.policy.numpy_params(), cfg.n_steps, rng,
+                                           first_step=self.num_timesteps + cfg.batch_size),
+                    (normalizer_state(self), rng.bit_generator.state, worker.state())))
+            else:
+                stats.update(self._update_fns.value(*fit_args))
+        stats = {k: v.numpy() for k, v in stats.items()}
+        if not stats["policy_finite"]:
+            raise NonFiniteError("the policy weights are not finite after the step")
+        if not (stats["value_finite"] and np.isfinite(stats["value_loss"])):
             raise NonFiniteError(
                 f"the value loss ({stats['value_loss']}) or the value weights are not finite "
                 f"after the fit (largest |return| {np.max(np.abs(returns)):.3g})")

@@ -1,7 +1,7 @@
 """The compiled TRPO update: the natural-gradient policy step and the value fit.
 
-:func:`make_update_fns` returns two ``tf.function``s with fixed input signatures (each traced
-once per agent) that, on one batch of ``N = n_envs × n_steps`` samples,
+:func:`make_update_fns` returns ``tf.function``s with fixed input signatures (each traced on
+its first call) that, on one batch of ``N = n_envs × n_steps`` samples,
 
 1. ``policy``: take the policy step with :meth:`natgrad.NaturalGradient.minimize` on the
    surrogate ``L(θ) = −mean_n[π_θ(a_n|s_n) / π_old(a_n|s_n) · Â_n]``, its curvature the Fisher
@@ -11,8 +11,9 @@ once per agent) that, on one batch of ``N = n_envs × n_steps`` samples,
    ``mean (V(s) − R̂)²`` in the given order; return the final value loss and
    ``value_finite``.
 
-The two touch disjoint variables, so with ``overlap_value_fit`` the agent runs the value fit
-on a second thread while it collects the next batch with the new policy (:mod:`agents.overlap`).
+and ``both``, the two in one graph (the default path). The two touch disjoint variables, so
+with ``overlap_value_fit`` the agent runs the value fit on a second thread while it collects
+the next batch with the new policy (:mod:`agents.overlap`).
 
 With a ``strategy`` (``MultiWorkerMirroredStrategy``: one replica per worker process, each on
 its own batch), the same update runs under ``strategy.run`` and equals the update on all
@@ -43,8 +44,9 @@ from natgrad.structure import all_finite
 def make_update_fns(cfg, policy, value, policy_optimizer, value_optimizer, obs_spec,
                     action_spec: tuple, strategy=None) -> UpdateFunctions:
     """:class:`UpdateFunctions`: ``policy(obs [N, ...], actions [N, *action_shape],
-    advantages [N])`` and ``value(obs, returns [N], critic_order [critic_epochs, N])``, each
-    returning a dict of scalars.
+    advantages [N])``, ``value(obs, returns [N], critic_order [critic_epochs, N])`` and
+    ``both(obs, actions, advantages, returns, critic_order)``, each returning a dict of
+    scalars.
 
     ``obs_spec`` is ``(shape, dtype)`` of one observation, or a dict of them
     (:meth:`agents.spaces.ObservationEncoder.leaf_specs`); ``action_spec`` is ``(shape,
@@ -143,15 +145,29 @@ def make_update_fns(cfg, policy, value, policy_optimizer, value_optimizer, obs_s
         loss = ReplicaMean(replica_context())(fit_value(obs, returns, critic_order))
         return {"value_loss": loss, "value_finite": all_finite(value_vars)}
 
-    return UpdateFunctions(update_policy, update_value)
+    @tf.function(autograph=False, input_signature=[
+        obs_signature, action_signature, tf.TensorSpec([n], tf.float32),
+        tf.TensorSpec([n], tf.float32), tf.TensorSpec([cfg.critic_epochs, n], tf.int32)])
+    def update_both(obs, actions, advantages, returns, critic_order):
+        def replica_both(obs, actions, advantages, returns, critic_order):
+            stats = replica_policy_step(obs, actions, advantages)
+            return {**stats, **replica_value_fit(obs, returns, critic_order)}
+
+        return on_replicas(replica_both, obs, actions, advantages, returns, critic_order)
+
+    return UpdateFunctions(update_policy, update_value, update_both)
 
 
 class UpdateFunctions(NamedTuple):
-    """The two compiled halves of an update. They touch disjoint variables, so the value fit
-    may run while the next batch is collected with the new policy (see ``agents.trpo``)."""
+    """The compiled update, whole and in its two halves. The halves touch disjoint variables,
+    so the value fit may run while the next batch is collected (``overlap_value_fit``). Without
+    that, ``both`` is used: one graph, in which TensorFlow runs the policy step's and the value
+    fit's independent ops side by side (splitting them cost 1.5 s on CartPole-v1 100k and
+    3.4 s on Hopper-v5 100k). Each is traced on its first call only."""
 
     policy: Callable  # (obs, actions, advantages) -> step statistics, "policy_finite"
     value: Callable  # (obs, returns, critic_order) -> {"value_loss", "value_finite"}
+    both: Callable  # (obs, actions, advantages, returns, critic_order) -> all of them
 
 
 def _rows(obs, idx):

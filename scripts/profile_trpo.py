@@ -7,12 +7,12 @@ wrapped around the agent's parts, without changing them:
 * ``build``: constructing the agent (networks, optimizers, the probe env);
 * per update: ``env.step`` (the vector env's ``step``, autoreset included), ``policy forward``
   (the NumPy action sampling), ``rollout other`` (the rest of ``collect``: normalization,
-  buffers, finiteness checks), ``advantages`` (value predictions and GAE), ``TF policy``
-  (the compiled policy step; the first call of each compiled function, which traces it, is
-  counted apart as ``TF tracing``), ``TF value`` (the value fit, or, when it runs on a second
-  thread beside the next rollout, the main thread's wait for it), ``log + checkpoint`` (the
-  remainder of the loop). The parts are the main thread's time and add up to the whole; the
-  value fit's own time is printed below them. ``--overlap`` turns ``overlap_value_fit`` on.
+  buffers, finiteness checks), ``advantages`` (value predictions and GAE), ``TF update``
+  (the compiled policy step and value fit; the first call of each compiled function, which
+  traces it, is counted apart as ``TF tracing``; with ``--overlap``, the main thread's wait for
+  the value fit on the second thread), ``log + checkpoint`` (the remainder of the loop). The
+  parts are the main thread's time and add up to the whole; with ``--overlap`` the value fit's
+  own time is printed below them. ``--overlap`` turns ``overlap_value_fit`` on.
 
 Prints a table (seconds and share of the whole process) and writes ``OUT_DIR/profile.json``.
 
@@ -40,7 +40,7 @@ from pathlib import Path  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PARTS = ("import", "build", "env.step", "policy forward", "rollout other", "advantages",
-         "TF tracing", "TF policy", "TF value", "log + checkpoint")
+         "TF tracing", "TF update", "log + checkpoint")
 
 
 class Timers:
@@ -75,7 +75,7 @@ def profile(env_id: str, steps: int | None, overrides: dict, sequential: bool) -
                                                  **overrides})
         timers.seconds["build"] = time.perf_counter() - start
 
-        fns, first = agent._update_fns, {"policy": True, "value": True}
+        fns, first = agent._update_fns, {"policy": True, "value": True, "both": True}
 
         def timed(name, fn):
             def call(*args):
@@ -87,19 +87,20 @@ def profile(env_id: str, steps: int | None, overrides: dict, sequential: bool) -
                     seconds = time.perf_counter() - start
                     timers.seconds[f"TF {name} (all)"] += seconds
                     if threading.current_thread() is threading.main_thread():
-                        timers.seconds["TF tracing" if tracing else f"TF {name}"] += seconds
+                        timers.seconds["TF tracing" if tracing else "TF update"] += seconds
             return call
 
         agent._update_fns = fns._replace(policy=timed("policy", fns.policy),
-                                         value=timed("value", fns.value))
+                                         value=timed("value", fns.value),
+                                         both=timed("both", fns.both))
         overlap = agent._overlap.fit_while_collecting
 
-        def fit_while_collecting(*args):  # the main thread's wait counts as "TF value"
+        def fit_while_collecting(*args):  # the main thread's wait counts as "TF update"
             start, collected = time.perf_counter(), timers.seconds["collect"]
             try:
                 return overlap(*args)
             finally:
-                timers.seconds["TF value"] += (time.perf_counter() - start
+                timers.seconds["TF update"] += (time.perf_counter() - start
                                                - (timers.seconds["collect"] - collected))
 
         agent._overlap.fit_while_collecting = fit_while_collecting
@@ -128,7 +129,8 @@ def profile(env_id: str, steps: int | None, overrides: dict, sequential: bool) -
     accounted = sum(s[p] for p in PARTS)
     return {"env_id": env_id, "steps": int(agent.num_timesteps), "updates": updates,
             "batch": agent.config.batch_size, "total_seconds": total,
-            "overlapped": not sequential, "value_fit_seconds": s["TF value (all)"],
+            "overlapped": not sequential,
+            "value_fit_seconds": s["TF value (all)"] if not sequential else None,
             "unaccounted_seconds": total - accounted, "parts": rows,
             "platform": platform.platform(), "cpus": os.cpu_count(),
             "python": sys.version.split()[0]}
@@ -142,8 +144,9 @@ def print_table(result: dict) -> None:
         print(f"{part:<18}{row['seconds']:>9.2f}{row['share']:>8.1%}"
               f"{row['per_update_ms']:>11.1f}")
     print(f"{'(unaccounted)':<18}{result['unaccounted_seconds']:>9.2f}")
-    where = "on a second thread, beside the rollout" if result["overlapped"] else "inline"
-    print(f"value fit, all of it ({where}): {result['value_fit_seconds']:.2f} s")
+    if result["overlapped"]:
+        print(f"value fit, all of it (on a second thread, beside the rollout): "
+              f"{result['value_fit_seconds']:.2f} s")
 
 
 def main(argv=None) -> int:

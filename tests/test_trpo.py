@@ -99,13 +99,13 @@ def test_unsupported_spaces_raise(obs_space, act_space, which, name):
 
 def _recording(agent):
     calls = []
-    inner = agent._update_fns.policy
+    inner = agent._update_fns.both
 
-    def wrapped(obs, actions, advantages):
+    def wrapped(obs, actions, advantages, *value_args):
         calls.append(advantages)
-        return inner(obs, actions, advantages)
+        return inner(obs, actions, advantages, *value_args)
 
-    agent._update_fns = agent._update_fns._replace(policy=wrapped)
+    agent._update_fns = agent._update_fns._replace(both=wrapped)
     return calls
 
 
@@ -324,7 +324,8 @@ def test_overlapped_value_fit_gives_the_sequential_run_bit_for_bit(tmp_path, env
     overlapped = TRPO(env_id, run_dir=tmp_path / "overlapped", **settings)
     calls = _collect_calls(overlapped)
     overlapped.learn(7 * 128)
-    sequential = _sequential(TRPO(env_id, run_dir=tmp_path / "sequential", **settings))
+    sequential = TRPO(env_id, run_dir=tmp_path / "sequential",
+                      **{**settings, "overlap_value_fit": False})  # the one-graph update
     sequential.learn(7 * 128)
     # 7 batches; updates 3 and 6 are checkpointed and update 7 is the last, so the batches of
     # updates 2, 3, 5 and 6 were collected early, during the value fit of the update before.
