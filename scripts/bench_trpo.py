@@ -68,6 +68,8 @@ TARGETS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0, "Acrobot-v1": -90.0,
 # RL Baselines3 Zoo's published TRPO results at 1M steps (one run, v3 envs).
 ZOO_1M = {"Hopper-v5": 3618.0, "HalfCheetah-v5": 1785.0, "Walker2d-v5": 4933.0}
 RESULT_PREFIXES = ("NATGRAD_RESULT ", "SB3_RESULT ")
+# Envs scripts/sb3_peer.py has RL Zoo settings for; others run natgrad's side only.
+PEER_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", *MUJOCO_ENVS)
 SB3_PEER_HELP = (
     "make one with: python -m venv .venv-sb3 && .venv-sb3/bin/pip install torch "
     "--index-url https://download.pytorch.org/whl/cpu && .venv-sb3/bin/pip install sb3-contrib "
@@ -193,11 +195,14 @@ def run_returns(args, peer: str | None) -> int:
     for env_id in args.envs:
         budgets = args.budgets or default_budgets(env_id) or [preset_budget(env_id)]
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            for side in ("natgrad", "sb3") if peer else ("natgrad",):
+            for side in ("natgrad", "sb3") if peer and env_id in PEER_ENVS else ("natgrad",):
                 run_dir = out_dir / "runs" / f"{env_id.replace('/', '_')}-seed{seed}" / side
                 if run_dir.exists():
                     shutil.rmtree(run_dir)  # a benchmark run is always trained afresh
                 jobs.append((side, env_id, seed, budgets, run_dir))
+    if peer and set(args.envs) - set(PEER_ENVS):
+        print(f"sb3-contrib side only for {', '.join(PEER_ENVS)}: "
+              f"{', '.join(sorted(set(args.envs) - set(PEER_ENVS)))} run natgrad's side only")
     print(f"{len(jobs)} runs ({', '.join(args.envs)} x {args.seeds} seeds, "
           f"{'natgrad and sb3-contrib' if peer else 'natgrad only'}) on {args.workers} "
           f"process(es) at a time -> {out_dir}", flush=True)
@@ -325,6 +330,10 @@ def _last_mean(values: list[float]) -> float:
 
 def run_speed(args, peer: str | None) -> int:
     out_dir = Path(args.out_dir)
+    unknown = sorted(set(args.envs) - set(PEER_ENVS))
+    if peer and unknown:
+        print(f"sb3-contrib has no settings here for {', '.join(unknown)}: natgrad only")
+        peer = None
     sides = [("natgrad", 0)] + ([("sb3", t) for t in args.peer_threads] if peer else [])
     rows = {}
     for env_id in args.envs:
