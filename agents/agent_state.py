@@ -47,6 +47,15 @@ def normalizer_state(agent) -> tuple:
             None if agent.reward_scaler is None else agent.reward_scaler.state())
 
 
+def load_normalizer_state(agent, state: tuple) -> None:
+    """Puts back what :func:`normalizer_state` returned (``None`` parts are left as they are)."""
+    obs_state, reward_state = state
+    if obs_state is not None:
+        agent.obs_rms.load_state(obs_state)
+    if reward_state is not None:
+        agent.reward_scaler.load_state(reward_state)
+
+
 def training_snapshot(agent, normalizers: tuple | None = None) -> tuple:
     """Everything an update changes, to undo it: all variables (weights and optimizer slots)
     and the normalizers (``normalizers`` if given, else their state now)."""
@@ -56,13 +65,10 @@ def training_snapshot(agent, normalizers: tuple | None = None) -> tuple:
 
 def restore_training_snapshot(agent, snapshot: tuple) -> None:
     """Puts back what :func:`training_snapshot` took."""
-    variables, (obs_rms, reward_scaler) = snapshot
+    variables, normalizers = snapshot
     for variable, value in zip(_all_variables(agent), variables, strict=True):
         variable.assign(value)
-    if obs_rms is not None:
-        agent.obs_rms.load_state(obs_rms)
-    if reward_scaler is not None:
-        agent.reward_scaler.load_state(reward_scaler)
+    load_normalizer_state(agent, normalizers)
 
 
 def _all_variables(agent) -> list:
@@ -85,10 +91,7 @@ def restore_worker(agent, worker, pending: dict, reseed: int) -> None:
                            "running_returns": np.zeros(n_envs)})
         if reward_state is not None:
             reward_state["returns"] = np.zeros(n_envs)
-    if obs_state is not None:
-        agent.obs_rms.load_state(obs_state)
-    if reward_state is not None:
-        agent.reward_scaler.load_state(reward_state)
+    load_normalizer_state(agent, (obs_state, reward_state))
 
 
 def agent_checkpoint(agent) -> tuple[dict, dict[str, np.ndarray]]:

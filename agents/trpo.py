@@ -33,6 +33,7 @@ import natgrad
 from agents.agent_state import (
     agent_checkpoint,
     agent_from_checkpoint,
+    load_normalizer_state,
     normalizer_state,
     restore_training_snapshot,
     restore_worker,
@@ -217,15 +218,9 @@ class TRPO:
         if dropped is None:
             return
         self.rng.bit_generator.state = dropped.rng_state
-        worker.reset(self.config.seed + self.updates)
-        worker.load_state({**dropped.worker_state, "last_obs": worker.last_obs,
-                           "running_returns": np.zeros(worker.envs.num_envs)})
-        obs_state, reward_state = dropped.normalizers
-        if obs_state is not None:
-            self.obs_rms.load_state(obs_state)
-        if reward_state is not None:
-            self.reward_scaler.load_state({**reward_state,
-                                           "returns": np.zeros(worker.envs.num_envs)})
+        load_normalizer_state(self, dropped.normalizers)
+        restore_worker(self, worker, {"sub_envs": None, "worker": dropped.worker_state},
+                       self.config.seed + self.updates)
 
     def _may_prefetch(self, total: int, stop: StopSignals) -> bool:
         """Whether the coming update may collect the next batch while its value fit runs
