@@ -26,6 +26,7 @@ import csv
 import io
 import logging
 import math
+import time
 from pathlib import Path
 
 from agents.checkpoint import atomic_write_bytes
@@ -64,17 +65,11 @@ class ProgressLogger:
     def _log_tensorboard(self, row: dict) -> None:
         if self._writer is False:
             return
-        try:  # TensorBoard may be missing: creating the writer or the first scalar then fails
+        try:  # TensorBoard may be missing: creating the writer then fails
             if self._writer is None:
-                import tensorflow as tf
-
-                self._writer = tf.summary.create_file_writer(str(self.run_dir / "tb"))
-                self._summary = tf.summary
-            with self._writer.as_default(step=int(row["env_steps"])):
-                for key in PROGRESS_KEYS[1:]:
-                    value = float(row[key])
-                    if math.isfinite(value):
-                        self._summary.scalar(key, value)
+                self._writer = TensorBoardScalars(self.run_dir / "tb")
+            self._writer.write(int(row["env_steps"]),
+                               {key: float(row[key]) for key in PROGRESS_KEYS[1:]})
         except Exception as exc:  # noqa: BLE001 - TensorBoard missing or broken
             log.warning("TensorBoard logging is off (%s); progress.csv is still written",
                         " ".join(str(exc).split()) or type(exc).__name__)
@@ -107,6 +102,36 @@ class ProgressLogger:
 
     def close(self) -> None:
         if self._writer:
-            self._writer.flush()
             self._writer.close()
             self._writer = None
+
+
+class TensorBoardScalars:
+    """Scalars written as ``tf.summary.scalar`` writes them (float32 tensors of the "scalars"
+    plugin) through TensorBoard's own event-file writer: protocol buffers and a file, no
+    TensorFlow ops, so a row of 13 scalars costs about a tenth of ``tf.summary``'s ~8 ms."""
+
+    def __init__(self, logdir: Path):
+        from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+        self._tensor_pb2, self._dt_float = tensor_pb2, types_pb2.DT_FLOAT
+        self._metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+            data_class=summary_pb2.DATA_CLASS_SCALAR)
+        Path(logdir).mkdir(parents=True, exist_ok=True)
+        self._file = EventFileWriter(str(logdir))
+
+    def write(self, step: int, values: dict) -> None:
+        """One event at ``step`` with a scalar per finite entry of ``values``."""
+        summary = self._summary_pb2.Summary(value=[
+            self._summary_pb2.Summary.Value(
+                tag=key, metadata=self._metadata,
+                tensor=self._tensor_pb2.TensorProto(dtype=self._dt_float, float_val=[value]))
+            for key, value in values.items() if math.isfinite(value)])
+        self._file.add_event(self._event_pb2.Event(wall_time=time.time(), step=step,
+                                                   summary=summary))
+
+    def close(self) -> None:
+        self._file.close()

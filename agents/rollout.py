@@ -31,6 +31,7 @@ from agents.spaces import (  # noqa: F401 - check_spaces, env_actions: re-export
     map_obs,
     obs_leaves,
 )
+from agents.vector_env import RolloutVectorEnv
 
 RETURN_WINDOW = 20
 
@@ -87,9 +88,13 @@ def check_finite(name: str, values, first_step: int, n_envs: int) -> None:
 
 
 def make_vector_env(factory, n_envs: int, vectorization: str) -> gym.vector.VectorEnv:
-    """``n_envs`` copies, auto-reset in the same step (final obs in ``infos["final_obs"]``)."""
-    cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
-    return cls([factory] * n_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    """``n_envs`` copies, auto-reset in the same step (final obs in ``infos["final_obs"]``):
+    :class:`agents.vector_env.RolloutVectorEnv` (a ``SyncVectorEnv``) or an
+    ``AsyncVectorEnv``."""
+    if vectorization == "sync":
+        return RolloutVectorEnv([factory] * n_envs)
+    return gym.vector.AsyncVectorEnv([factory] * n_envs,
+                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
 def compute_gae(rewards, values, next_values, terminated, truncated, gamma: float, lam: float):
