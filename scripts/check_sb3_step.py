@@ -1,0 +1,182 @@
+"""natgrad's TRPO policy step against sb3-contrib's, on the same weights and the same batch.
+
+The natgrad side builds the agent of an env's preset and a batch (random observations,
+actions sampled from the policy, standardized random advantages), saves both to a file and
+runs this script again under ``--peer-python`` (``--peer-side``: sb3-contrib, CPU torch,
+nothing from natgrad), which loads them into sb3-contrib's ``TRPO`` with the RL Zoo settings
+of ``scripts/sb3_peer.py`` and takes its policy step. Then natgrad takes its step, once with
+the preset's ``max_kl``/``cg_damping`` and once with sb3-contrib's numbers unconverted, and
+prints how far each lands from sb3-contrib's new weights (relative to sb3-contrib's step).
+
+sb3-contrib averages its KL over the ``D`` action dimensions; natgrad's is the joint KL, so
+the preset takes ``max_kl = target_kl·D`` and ``cg_damping = 0.1·D``: this checks that those
+give sb3-contrib's step (both sides compute in float32, so agreement is to ~1e-4, not 1e-15).
+
+Usage::
+
+    python scripts/check_sb3_step.py --peer-python .venv-sb3/bin/python --envs Hopper-v5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BATCH = 2048
+
+
+def peer_side(batch_file: str, out_file: str, env_id: str) -> int:
+    """sb3-contrib's step on the saved weights and batch (runs in the peer interpreter)."""
+    import torch as th
+
+    sys.path.insert(0, str(HERE))
+    import sb3_peer
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import configure
+
+    th.set_num_threads(1)
+    data = np.load(batch_file)
+    kwargs, _ = sb3_peer.settings(env_id)
+    kwargs.update(n_steps=len(data["obs"]), batch_size=len(data["obs"]), n_critic_updates=1,
+                  normalize_advantage=False)  # advantages come standardized
+    model = TRPO("MlpPolicy", make_vec_env(env_id, n_envs=1, seed=0), device="cpu", seed=0,
+                 **kwargs)
+    model.set_logger(configure(None, [""]))
+    policy = model.policy
+    layers = [policy.mlp_extractor.policy_net[0], policy.mlp_extractor.policy_net[2],
+              policy.action_net]
+    with th.no_grad():
+        for i, layer in enumerate(layers):
+            layer.weight.copy_(th.as_tensor(data[f"kernel_{i}"].T))
+            layer.bias.copy_(th.as_tensor(data[f"bias_{i}"]))
+        policy.log_std.copy_(th.as_tensor(data["log_std"]))
+        obs = th.as_tensor(data["obs"])
+        actions = th.as_tensor(data["actions"])
+        _, log_prob, _ = policy.evaluate_actions(obs, actions)
+    buffer = model.rollout_buffer
+    buffer.reset()
+    n = len(data["obs"])
+    buffer.observations[:, 0] = data["obs"]
+    buffer.actions[:, 0] = data["actions"]
+    buffer.advantages[:, 0] = data["advantages"]
+    buffer.log_probs[:, 0] = log_prob.numpy()
+    buffer.pos, buffer.full = n, True
+    model._current_progress_remaining = 1.0
+    model.train()
+    out = {f"kernel_{i}": layer.weight.detach().numpy().T for i, layer in enumerate(layers)}
+    out.update({f"bias_{i}": layer.bias.detach().numpy() for i, layer in enumerate(layers)})
+    out["log_std"] = policy.log_std.detach().numpy()
+    np.savez(out_file, **out)
+    return 0
+
+
+def natgrad_weights(agent) -> dict:
+    net = agent.policy.mean_net
+    weights = {f"kernel_{i}": w.numpy() for i, w in enumerate(net.kernels)}
+    weights.update({f"bias_{i}": b.numpy() for i, b in enumerate(net.biases)})
+    weights["log_std"] = agent.policy.log_std.numpy()
+    return weights
+
+
+def flat(weights: dict) -> np.ndarray:
+    return np.concatenate([np.ravel(weights[k]) for k in sorted(weights)]).astype(np.float64)
+
+
+def natgrad_step(env_id: str, data: dict, **overrides) -> dict:
+    """natgrad's new policy weights after one policy step from ``data``'s weights and batch."""
+    from agents.trpo import TRPO
+
+    agent = TRPO(env_id, seed=0, normalize_advantages=False, **overrides)
+    net = agent.policy.mean_net
+    for i, (w, b) in enumerate(zip(net.kernels, net.biases, strict=True)):
+        w.assign(data[f"kernel_{i}"])
+        b.assign(data[f"bias_{i}"])
+    agent.policy.log_std.assign(data["log_std"])
+    agent._update_fns.policy(data["obs"], data["actions"], data["advantages"])
+    return natgrad_weights(agent)
+
+
+def check(env_id: str, peer_python: str, work: Path) -> dict:
+    from agents.config import resolve_config
+    from agents.trpo import TRPO
+
+    cfg = resolve_config(env_id)
+    agent = TRPO(env_id, seed=0)
+    rng = np.random.default_rng(0)
+    obs_dim = agent.encoder.vector_dim
+    obs = rng.standard_normal((BATCH, obs_dim)).astype(np.float32)
+    actions = agent.policy.numpy_act(agent.policy.numpy_params(), obs, rng).astype(np.float32)
+    advantages = rng.standard_normal(BATCH)
+    advantages = ((advantages - advantages.mean()) / advantages.std()).astype(np.float32)
+    data = {**natgrad_weights(agent), "obs": obs, "actions": actions, "advantages": advantages}
+    batch_file, out_file = work / f"{env_id}_batch.npz", work / f"{env_id}_sb3.npz"
+    np.savez(batch_file, **data)
+    done = subprocess.run([peer_python, str(Path(__file__).resolve()), "--peer-side",
+                           str(batch_file), str(out_file), env_id],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"sb3-contrib side failed:\n{done.stdout}{done.stderr}")
+    start = flat({k: data[k] for k in natgrad_weights(agent)})
+    sb3_step = flat(dict(np.load(out_file))) - start
+    action_dim = actions.shape[1]
+    variants = {
+        f"preset (max_kl {cfg.max_kl:g}, cg_damping {cfg.cg_damping:g})": {},
+        f"sb3's numbers unconverted (max_kl {cfg.max_kl / action_dim:g}, cg_damping "
+        f"{cfg.cg_damping / action_dim:g})": {"max_kl": cfg.max_kl / action_dim,
+                                             "cg_damping": cfg.cg_damping / action_dim},
+    }
+    report = {"env_id": env_id, "action_dim": action_dim, "sb3_step_norm":
+              float(np.linalg.norm(sb3_step)), "variants": {}}
+    for name, overrides in variants.items():
+        step = flat(natgrad_step(env_id, data, **overrides)) - start
+        report["variants"][name] = {
+            "relative_difference": float(np.linalg.norm(step - sb3_step)
+                                         / np.linalg.norm(sb3_step)),
+            "cosine": float(step @ sb3_step / np.linalg.norm(step) / np.linalg.norm(sb3_step)),
+            "step_norm_ratio": float(np.linalg.norm(step) / np.linalg.norm(sb3_step))}
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envs", nargs="+", default=["Hopper-v5", "HalfCheetah-v5",
+                                                      "Walker2d-v5"])
+    parser.add_argument("--peer-python", default=os.environ.get("NATGRAD_PEER_PYTHON"))
+    parser.add_argument("--out", default="bench_results/sb3_step_check.json")
+    parser.add_argument("--peer-side", nargs=3, metavar=("BATCH", "OUT", "ENV_ID"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.peer_side:
+        return peer_side(*args.peer_side)
+    if not args.peer_python:
+        parser.error("needs --peer-python (or NATGRAD_PEER_PYTHON): a Python with sb3-contrib "
+                     "and torch; see README")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    reports = []
+    with tempfile.TemporaryDirectory() as work:
+        for env_id in args.envs:
+            report = check(env_id, args.peer_python, Path(work))
+            reports.append(report)
+            print(f"{env_id} (D = {report['action_dim']}), |sb3 step| = "
+                  f"{report['sb3_step_norm']:.4g}")
+            for name, r in report["variants"].items():
+                print(f"  natgrad {name}: |Δ - Δ_sb3| / |Δ_sb3| = "
+                      f"{r['relative_difference']:.2e}, cosine {r['cosine']:.6f}, "
+                      f"|Δ| / |Δ_sb3| = {r['step_norm_ratio']:.4f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(reports, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
