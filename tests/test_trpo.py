@@ -137,6 +137,41 @@ def test_gaussian_log_std_changes_after_an_update():
     assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
 
 
+def test_compiled_value_fit_is_a_plain_keras_adam_loop_over_the_minibatches():
+    import keras
+    import tensorflow as tf
+
+    agent = TRPO("Pendulum-v1", **{**SMALL, "critic_epochs": 3, "critic_batch_size": 48})
+    cfg, value = agent.config, agent.value
+    rng = np.random.default_rng(0)
+    n = cfg.batch_size  # 128: two minibatches of 48 and a ragged one of 32 per epoch
+    obs = rng.standard_normal((n, 3)).astype(np.float32)
+    returns = (3.0 * obs[:, 0] + rng.standard_normal(n)).astype(np.float32)
+    order = np.stack([rng.permutation(n) for _ in range(cfg.critic_epochs)]).astype(np.int32)
+    start = [v.numpy() for v in value.trainable_variables]
+    stats = agent._update_fns.value(obs, returns, order)
+    compiled = [v.numpy() for v in value.trainable_variables]
+
+    for v, x in zip(value.trainable_variables, start, strict=True):
+        v.assign(x)
+    adam = keras.optimizers.Adam(learning_rate=cfg.critic_lr)
+    steps = 0
+    for epoch in range(cfg.critic_epochs):
+        for first in range(0, n, cfg.critic_batch_size):
+            idx = order[epoch, first:first + cfg.critic_batch_size]
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(value(obs[idx]) - returns[idx]))
+            grads = tape.gradient(loss, value.trainable_variables)
+            adam.apply_gradients(zip(grads, value.trainable_variables, strict=True))
+            steps += 1
+    assert steps == 9 and int(agent.value_optimizer.iterations.numpy()) == steps
+    for a, b in zip(compiled, value.trainable_variables, strict=True):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-6, atol=1e-7)
+    final = float(np.mean((value.numpy_values(value.numpy_params(), obs) - returns) ** 2))
+    assert float(stats["value_loss"]) == pytest.approx(final, rel=1e-5)
+    assert final < float(np.mean(returns ** 2))  # the fit did reduce the loss
+
+
 def test_short_cartpole_run_learns_and_writes_its_run_dir(tmp_path):
     agent = TRPO("CartPole-v1", run_dir=tmp_path, total_steps=20_480)
     agent.learn()
