@@ -66,6 +66,7 @@ from agents.rollout import (
 from agents.run_dir import RunLock, claim_run_dir, resume_point
 from agents.spaces import ObservationEncoder, action_layout, map_obs
 from agents.stop_signals import StopSignals, TrainingInterrupted
+from agents.tf_threads import apply_tf_threads
 from agents.update import UpdateFunctions, make_update_fns
 from agents.workers import check_same_start, worker_position
 
@@ -109,6 +110,7 @@ class TRPO:
                 raise ValueError(f"env_id={overrides['env_id']!r} contradicts env={env!r}")
             env_id = overrides.pop("env_id")
         self.config: TRPOConfig = resolve_config(env_id, preset, **overrides)
+        apply_tf_threads(self.config.tf_threads)  # before this agent's first TensorFlow op
         probe = self._env_factory()
         try:
             check_spaces(probe.observation_space, probe.action_space)
