@@ -22,9 +22,10 @@ target (CartPole-v1 >= 475, Pendulum-v1 >= -200, Acrobot-v1 >= -90).
 **Speed mode** (``--speed``) times 100k steps of CartPole-v1 and Hopper-v5 (``--envs`` to
 change), one process at a time so that nothing else shares the cores, natgrad then peer, then
 again in the other order (``--repeats``): whole process from ``exec`` to exit, less the final
-evaluation, which each side reports. natgrad runs with TensorFlow's default threads;
-sb3-contrib once per ``--peer-threads`` torch thread count (default 1 and 2), and its fastest
-counts. The target is natgrad <= 1/3 of that time; exit status 1 when it is missed.
+evaluation, which each side reports. natgrad runs with its preset's TensorFlow threads
+(``tf_threads``); sb3-contrib once per ``--peer-threads`` torch thread count (default 1
+and 2), and its fastest counts. The target is natgrad <= 1/3 of that time; exit status 1
+when it is missed.
 Evaluation returns are printed too (speed must not cost returns). Writes ``OUT_DIR/speed.json``.
 
 Absolute seconds depend on the machine (machines of one type differ by up to 2x): compare the
@@ -371,7 +372,7 @@ def run_speed(args, peer: str | None) -> int:
     info = machine()
     print(f"\n{SPEED_STEPS:,} steps, whole process less the final evaluation, median of "
           f"{args.repeats}; {info['cpus']} CPUs ({info['processor']}); natgrad with "
-          f"TensorFlow's default threads, sb3-contrib at its fastest of "
+          f"its preset's tf_threads, sb3-contrib at its fastest of "
           f"{'/'.join(map(str, args.peer_threads))} torch thread(s)")
     print(f"{'env':<16}{'natgrad s':>11}{'sb3 s':>9}{'ratio':>8}  {'target <= 1/3':<16}eval "
           f"natgrad / sb3")
