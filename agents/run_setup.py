@@ -122,7 +122,7 @@ def prepare_resume(args):
 
     try:
         agent = TRPO.resume(run_dir, trust_env_state=args.trust_env_state,
-                            strategy=_cluster_strategy())
+                            strategy=_cluster_strategy(_saved_tf_threads(config)))
     except ValueError as exc:
         raise UsageError(f"{run_dir}: cannot resume ({one_line(exc)})") from None
     if budget <= agent.num_timesteps:
@@ -158,10 +158,22 @@ def _new_run_config(args):
     return env_id, overrides, config
 
 
-def _cluster_strategy():
-    """The multi-worker strategy ``TF_CONFIG`` asks for, or None (see ``agents.workers``)."""
+def _saved_tf_threads(config: dict) -> int:
+    """A run's ``tf_threads`` as its config.json says (0 when absent or not an integer: the
+    agent's own checks then report the file)."""
+    value = config.get("tf_threads", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _cluster_strategy(tf_threads: int):
+    """The multi-worker strategy ``TF_CONFIG`` asks for, or None (see ``agents.workers``).
+
+    TensorFlow's thread pools are sized first (``tf_threads``): a strategy starts TensorFlow,
+    after which they are fixed."""
+    from agents.tf_threads import apply_tf_threads
     from agents.workers import strategy_from_environment
 
+    apply_tf_threads(tf_threads)
     try:
         return strategy_from_environment()
     except ValueError as exc:
@@ -220,7 +232,7 @@ def prepare_new_run(args, stack: contextlib.ExitStack):
         import_tensorflow_quietly()
         from agents import TRPO
 
-        strategy = _cluster_strategy()
+        strategy = _cluster_strategy(config.tf_threads)
         return (TRPO(env_id, preset=args.preset, run_dir=Path(args.out), strategy=strategy,
                      **overrides), Path(args.out), config.total_steps)
     if args.out is not None:
@@ -235,8 +247,8 @@ def prepare_new_run(args, stack: contextlib.ExitStack):
         import_tensorflow_quietly()
         from agents import TRPO
 
-        agent = TRPO(env_id, preset=args.preset, run_dir=run_dir, strategy=_cluster_strategy(),
-                     **overrides)
+        agent = TRPO(env_id, preset=args.preset, run_dir=run_dir,
+                     strategy=_cluster_strategy(config.tf_threads), **overrides)
     except BaseException as exc:
         if not existed:
             shutil.rmtree(run_dir, ignore_errors=True)
