@@ -29,10 +29,12 @@ from natgrad import distributions
 
 def sample_categorical(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One draw per row of ``softmax(logits)`` by inverse CDF: ``[N, K] -> [N]`` (int64)."""
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    cdf = np.cumsum(z, axis=-1)
+    # The ufuncs' reduce/accumulate are max/cumsum/sum's arithmetic without their per-call
+    # overhead: this runs every env step, on a few rows.
+    z = np.exp(logits - np.maximum.reduce(logits, axis=-1, keepdims=True))
+    cdf = np.add.accumulate(z, axis=-1)
     u = rng.random(len(logits))[:, None] * cdf[:, -1:]
-    return np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)
+    return np.minimum(np.add.reduce(cdf < u, axis=-1, dtype=np.int64), logits.shape[-1] - 1)
 
 
 class CategoricalHead(tf.Module):

@@ -79,11 +79,10 @@ class MLP(tf.Module):
 def mlp_forward(params: list, x: np.ndarray, activation: str) -> np.ndarray:
     """The NumPy twin of :meth:`MLP.__call__`: ``[N, in] -> [N, out]``."""
     act = NUMPY_ACTIVATIONS[activation]
-    for i, (w, b) in enumerate(params):
-        x = x @ w + b
-        if i < len(params) - 1:
-            x = act(x)
-    return x
+    *hidden, (w_out, b_out) = params
+    for w, b in hidden:
+        x = act(np.add(np.matmul(x, w), b))
+    return np.add(np.matmul(x, w_out), b_out)
 
 
 class CategoricalPolicy(tf.Module):

@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import numpy_flat
 
 import natgrad
-from agents.heads import BernoulliHead, MultiCategoricalHead, make_head
+from agents.heads import BernoulliHead, MultiCategoricalHead, make_head, sample_categorical
 from agents.policies import MLPPolicy
 
 OBS_DIM, N, DAMPING = 3, 16, 1e-2
@@ -70,6 +70,15 @@ def test_multi_categorical_sampling_matches_each_component():
         np.testing.assert_allclose(np.bincount(actions[:, m], minlength=len(p)) / len(z), p,
                                    atol=0.01)
     np.testing.assert_array_equal(head.numpy_act(z[:1], {}, None, deterministic=True), [[1, 0]])
+
+
+def test_categorical_sampling_in_range_and_int64_on_extreme_float32_logits():
+    logits = np.array([[0.0, -np.inf, -np.inf], [-np.inf, -np.inf, 0.0], [80.0, -80.0, 80.0],
+                       [1e30, 0.0, 0.0]], np.float32)
+    actions = np.stack([sample_categorical(logits, np.random.default_rng(s)) for s in range(500)])
+    assert actions.dtype == np.int64 and actions.min() >= 0 and actions.max() <= 2
+    np.testing.assert_array_equal(actions[:, [0, 1, 3]], np.tile([0, 2, 0], (500, 1)))
+    assert set(actions[:, 2]) == {0, 2} and abs((actions[:, 2] == 0).mean() - 0.5) < 0.1
 
 
 def test_bernoulli_sampling_matches_sigmoid():
