@@ -53,6 +53,7 @@ from agents.normalization import RewardScaler, RunningMeanStd
 from agents.overlap import ValueFitOverlap
 from agents.rollout import (
     NonFiniteError,
+    Rollout,
     RolloutWorker,
     check_finite,
     check_spaces,
@@ -306,14 +307,7 @@ class TRPO:
                                      first_step=self.num_timesteps)
         mean_return = worker.mean_return()  # of the episodes up to this batch's end
         # 2. Advantages by GAE, bootstrapping V(final_obs) at truncation.
-        value_params = self.value.numpy_params()
-        values = self.value.numpy_values(value_params, _flat(rollout.obs)).reshape(
-            rollout.rewards.shape)
-        next_values = self.value.numpy_values(value_params, _flat(rollout.bootstrap_obs)).reshape(
-            rollout.rewards.shape)
-        advantages, returns = compute_gae(rollout.train_rewards, values, next_values,
-                                          rollout.terminated, rollout.truncated,
-                                          cfg.gamma, cfg.gae_lambda)
+        values, advantages, returns = self.estimate_advantages(rollout)
         policy_advantages = (normalize_advantages(advantages)  # across workers: in the update
                              if cfg.normalize_advantages and self.num_workers == 1
                              else advantages)
@@ -370,6 +364,20 @@ class TRPO:
             "steps_per_second": cfg.batch_size * self.num_workers / elapsed,
             "skipped_batches": self.skipped_batches,
         }
+
+    def estimate_advantages(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(values, advantages, returns)``, each ``[T, E]``, of a batch: ``V(s)`` by the
+        value network, GAE advantages (unstandardized) that bootstrap ``V(final_obs)`` at
+        truncation, and the value targets ``advantages + values``."""
+        value_params = self.value.numpy_params()
+        shape = rollout.rewards.shape
+        values = self.value.numpy_values(value_params, _flat(rollout.obs)).reshape(shape)
+        next_values = self.value.numpy_values(value_params,
+                                              _flat(rollout.bootstrap_obs)).reshape(shape)
+        advantages, returns = compute_gae(rollout.train_rewards, values, next_values,
+                                          rollout.terminated, rollout.truncated,
+                                          self.config.gamma, self.config.gae_lambda)
+        return values, advantages, returns
 
     def _make_update_fns(self) -> UpdateFunctions:
         return make_update_fns(self.config, self.policy, self.value, self.policy_optimizer,

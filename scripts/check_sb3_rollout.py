@@ -1,0 +1,186 @@
+"""natgrad's rollout and advantages against sb3-contrib's, on the same weights and actions.
+
+The natgrad side builds the agent of an env's preset (observation and reward normalization on
+the MuJoCo presets), collects one batch (``n_envs × n_steps``) with its own rollout worker and
+computes values, GAE advantages and value targets with the agent's own code
+(:meth:`agents.trpo.TRPO.estimate_advantages`). It saves the networks' weights and the actions
+it took, then runs this script again under ``--peer-python`` (``--peer-side``: sb3-contrib,
+CPU torch, nothing from natgrad imported), which builds sb3-contrib's ``TRPO`` with the RL Zoo
+settings of ``scripts/sb3_peer.py`` in a ``VecNormalize`` over envs seeded the same way, loads
+the weights, and replays those actions through sb3-contrib's own ``collect_rollouts``.
+
+It prints the largest difference of each quantity, relative to its largest magnitude: the
+normalized observations, the value predictions, the rewards learned from (sb3-contrib adds
+``γ·V(final obs)`` to a truncated step's reward; natgrad's bootstrap is added here for the
+comparison), the advantages, the value targets and the final running statistics. Hopper's
+episodes end by termination, HalfCheetah's only by the 1,000-step time limit, so the two
+envs check both ends of an episode. Both sides compute in float32, so agreement is to ~1e-6.
+
+Usage::
+
+    python scripts/check_sb3_rollout.py --peer-python .venv-sb3/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SEED = 0
+
+
+def _sb3_layers(policy) -> dict:
+    """sb3-contrib's ``MlpPolicy`` linear layers, by the natgrad network they mirror."""
+    return {"policy": [policy.mlp_extractor.policy_net[0], policy.mlp_extractor.policy_net[2],
+                       policy.action_net],
+            "value": [policy.mlp_extractor.value_net[0], policy.mlp_extractor.value_net[2],
+                      policy.value_net]}
+
+
+def peer_side(data_file: str, out_file: str, env_id: str) -> int:
+    """sb3-contrib's rollout of the saved actions (runs in the peer interpreter)."""
+    import torch as th
+
+    sys.path.insert(0, str(HERE))
+    import sb3_peer
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    th.set_num_threads(1)
+    data = np.load(data_file)
+    actions = data["actions"]  # [T, E, D], unclipped, as natgrad's policy drew them
+    n_steps, n_envs = actions.shape[:2]
+    kwargs, normalize = sb3_peer.settings(env_id)
+    kwargs["n_steps"] = n_steps
+    env = make_vec_env(env_id, n_envs=n_envs, seed=SEED)
+    if normalize:
+        env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99))
+    model = TRPO("MlpPolicy", env, device="cpu", seed=SEED, **kwargs)
+    policy = model.policy
+    with th.no_grad():
+        for net, layers in _sb3_layers(policy).items():
+            for i, layer in enumerate(layers):
+                layer.weight.copy_(th.as_tensor(data[f"{net}_kernel_{i}"].T))
+                layer.bias.copy_(th.as_tensor(data[f"{net}_bias_{i}"]))
+        policy.log_std.copy_(th.as_tensor(data["log_std"]))
+
+    step = iter(range(n_steps))
+
+    def replay(obs, deterministic=False):  # the recorded actions, sb3-contrib's values
+        t = next(step)
+        taken = th.as_tensor(actions[t])
+        values, log_prob, _ = policy.evaluate_actions(obs, taken)
+        return taken, values, log_prob
+
+    policy.forward = replay
+    _, callback = model._setup_learn(n_steps * n_envs, None)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_steps)
+    buffer = model.rollout_buffer
+    out = {"obs": buffer.observations, "values": buffer.values, "rewards": buffer.rewards,
+           "advantages": buffer.advantages, "returns": buffer.returns}
+    if normalize:
+        out.update(obs_mean=env.obs_rms.mean, obs_var=env.obs_rms.var, ret_var=env.ret_rms.var)
+    np.savez(out_file, **out)
+    return 0
+
+
+def _mlp_weights(net, name: str) -> dict:
+    weights = {f"{name}_kernel_{i}": w.numpy() for i, w in enumerate(net.kernels)}
+    weights.update({f"{name}_bias_{i}": b.numpy() for i, b in enumerate(net.biases)})
+    return weights
+
+
+def natgrad_side(env_id: str) -> tuple[dict, dict]:
+    """``(weights and actions for the peer, natgrad's rollout quantities)``."""
+    from agents.trpo import TRPO
+
+    agent = TRPO(env_id, seed=SEED)
+    cfg = agent.config
+    worker = agent._ensure_worker()
+    rollout = worker.collect(agent.policy.numpy_params(), cfg.n_steps, agent.rng)
+    values, advantages, returns = agent.estimate_advantages(rollout)
+    next_values = agent.value.numpy_values(
+        agent.value.numpy_params(),
+        rollout.bootstrap_obs.reshape(-1, rollout.bootstrap_obs.shape[-1])).reshape(values.shape)
+    # sb3-contrib's reward for a truncated step carries the bootstrap; a terminal one does not.
+    bootstrapped = rollout.train_rewards + cfg.gamma * (rollout.truncated
+                                                        & ~rollout.terminated) * next_values
+    for_peer = {**_mlp_weights(agent.policy.mean_net, "policy"),
+                **_mlp_weights(agent.value.net, "value"),
+                "log_std": agent.policy.log_std.numpy(), "actions": rollout.actions}
+    ours = {"obs": rollout.obs, "values": values, "rewards": bootstrapped,
+            "advantages": advantages, "returns": returns,
+            "episode_ends": {"terminated": int(rollout.terminated.sum()),
+                             "truncated": int(rollout.truncated.sum())}}
+    if agent.obs_rms is not None:
+        ours.update(obs_mean=agent.obs_rms.mean, obs_var=agent.obs_rms.var)
+    if agent.reward_scaler is not None:
+        ours["ret_var"] = np.asarray(agent.reward_scaler.rms.var)
+    worker.envs.close()
+    return for_peer, ours
+
+
+def check(env_id: str, peer_python: str, work: Path) -> dict:
+    for_peer, ours = natgrad_side(env_id)
+    data_file, out_file = work / f"{env_id}_rollout.npz", work / f"{env_id}_sb3.npz"
+    np.savez(data_file, **for_peer)
+    done = subprocess.run([peer_python, str(Path(__file__).resolve()), "--peer-side",
+                           str(data_file), str(out_file), env_id],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"sb3-contrib side failed:\n{done.stdout}{done.stderr}")
+    theirs = dict(np.load(out_file))
+    report = {"env_id": env_id, "batch": list(np.shape(ours["values"])),
+              "episode_ends": ours["episode_ends"], "max_relative_difference": {}}
+    for key, value in ours.items():
+        if key == "episode_ends":
+            continue
+        a = np.asarray(value, np.float64)
+        b = np.asarray(theirs[key], np.float64).reshape(a.shape)
+        report["max_relative_difference"][key] = float(
+            np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envs", nargs="+", default=["Hopper-v5", "HalfCheetah-v5"])
+    parser.add_argument("--peer-python", default=os.environ.get("NATGRAD_PEER_PYTHON"))
+    parser.add_argument("--out", default="bench_results/sb3_rollout_check.json")
+    parser.add_argument("--peer-side", nargs=3, metavar=("DATA", "OUT", "ENV_ID"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.peer_side:
+        return peer_side(*args.peer_side)
+    if not args.peer_python:
+        parser.error("needs --peer-python (or NATGRAD_PEER_PYTHON): a Python with sb3-contrib "
+                     "and torch; see README")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    reports = []
+    with tempfile.TemporaryDirectory() as work:
+        for env_id in args.envs:
+            report = check(env_id, args.peer_python, Path(work))
+            reports.append(report)
+            ends = report["episode_ends"]
+            print(f"{env_id}: batch {report['batch']}, {ends['terminated']} terminated and "
+                  f"{ends['truncated']} truncated episodes; largest |natgrad - sb3| / "
+                  f"max |sb3|:")
+            for key, diff in report["max_relative_difference"].items():
+                print(f"  {key:<11} {diff:.2e}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(reports, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
