@@ -27,6 +27,7 @@ import numpy as np
 
 import natgrad
 from agents.checkpoint import ENV_STATE_KEY, Checkpoint, CheckpointError
+from agents.config import complete_saved_config
 from agents.rollout import resolve_env
 
 log = logging.getLogger("agents")
@@ -261,7 +262,7 @@ def agent_from_checkpoint(cls, checkpoint: Checkpoint, *, env=None, run_dir=None
                               f"{meta.get('env_id')!r}, not {expected!r}")
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"checkpoint {checkpoint.path} has no configuration")
-    settings = dict(meta["config"])
+    settings = complete_saved_config(meta["config"])
     env_id = settings.pop("env_id", meta.get("env_id"))
     try:
         if env is None or isinstance(env, str):

@@ -51,6 +51,8 @@ class TRPOConfig:
     value_hidden: tuple = _help("Hidden layer widths of the value network.", (64, 64))
     activation: str = _help("Hidden activation of both networks: tanh, relu or elu.", "tanh")
     critic_lr: float = _help("Adam learning rate of the value network.", 1e-3)
+    critic_epsilon: float = _help(
+        "Adam's ε in the value fit: SB3's and CleanRL's 1e-5 (Keras' own default is 1e-7).", 1e-5)
     critic_epochs: int = _help("Passes of the value fit over each batch.", 10)
     critic_batch_size: int = _help("Minibatch size of the value fit.", 128)
     normalize_obs: bool = _help("Standardize observations with running statistics (clip 10).",
@@ -109,7 +111,7 @@ class TRPOConfig:
         for name in ("gamma", "gae_lambda"):
             value = getattr(self, name)
             need(is_num(value) and 0.0 <= value <= 1.0, name, "a number in [0, 1]")
-        for name in ("max_kl", "critic_lr"):
+        for name in ("max_kl", "critic_lr", "critic_epsilon"):
             need(is_num(getattr(self, name)) and getattr(self, name) > 0, name, "a number > 0")
         need(is_num(self.cg_damping) and self.cg_damping >= 0, "cg_damping", "a number >= 0")
         need(is_num(self.line_search_shrink) and 0.0 < self.line_search_shrink < 1.0,
@@ -146,6 +148,20 @@ class TRPOConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TRPOConfig))
+
+# Fields added after runs and checkpoints began to record their whole configuration, with the
+# value every run written before them used. A saved configuration without one gets that value
+# (:func:`complete_saved_config`), so older runs resume and load exactly as they trained.
+ADDED_FIELDS = {
+    "tf_threads": 0,  # TensorFlow's default pools
+    "critic_epsilon": 1e-7,  # Keras' Adam default
+}
+
+
+def complete_saved_config(config: dict) -> dict:
+    """A configuration read from a run's ``config.json`` or a checkpoint, with the
+    :data:`ADDED_FIELDS` it predates filled in."""
+    return {**{k: v for k, v in ADDED_FIELDS.items() if k not in config}, **config}
 
 
 def _load_presets() -> dict[str, dict]:

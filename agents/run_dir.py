@@ -34,6 +34,7 @@ from agents.checkpoint import (
     read_checkpoint,
     remove_temporary_files,
 )
+from agents.config import complete_saved_config
 from agents.logger import ProgressLogger
 
 try:
@@ -82,7 +83,7 @@ def read_run_config(run_dir: str | Path) -> tuple[str | None, dict]:
         raise RunDirError(f"{path}: not a run configuration (no env_id)")
     if run_id is not None and not isinstance(run_id, str):
         raise RunDirError(f"{path}: run_id must be a string")
-    return run_id, config
+    return run_id, complete_saved_config(config)
 
 
 def write_run_config(run_dir: str | Path, run_id: str, config: dict) -> None:
@@ -93,7 +94,8 @@ def write_run_config(run_dir: str | Path, run_id: str, config: dict) -> None:
 
 def describe_mismatch(meta: dict, run_id: str | None, config: dict) -> str | None:
     """Why a checkpoint's ``meta`` does not belong to the run ``(run_id, config)``, or None."""
-    theirs = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    theirs = (complete_saved_config(meta["config"]) if isinstance(meta.get("config"), dict)
+              else {})
     if meta.get("env_id") != config.get("env_id"):
         return (f"it was written for env {meta.get('env_id')!r}, this run is "
                 f"{config.get('env_id')!r}")

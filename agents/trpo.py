@@ -161,7 +161,8 @@ class TRPO:
             line_search_shrink=cfg.line_search_shrink,
             line_search_max_tries=cfg.line_search_max_tries)
         self.policy_optimizer.build(self.policy.trainable_variables)
-        self.value_optimizer = keras.optimizers.Adam(learning_rate=cfg.critic_lr)
+        self.value_optimizer = keras.optimizers.Adam(learning_rate=cfg.critic_lr,
+                                                     epsilon=cfg.critic_epsilon)
         self.value_optimizer.build(self.value.trainable_variables)
         self._update_fns = self._make_update_fns()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import pickle
 import signal
@@ -24,6 +25,7 @@ from agents.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
+from agents.config import ADDED_FIELDS
 
 SMALL = {"n_envs": 2, "n_steps": 64, "critic_epochs": 2, "policy_hidden": (16,),
          "value_hidden": (16,), "checkpoint_every": 2}
@@ -89,6 +91,27 @@ def test_default_resume_reseeds_the_envs_deterministically(tmp_path):
     second = TRPO.resume(run).learn(6 * BATCH)
     for a, b in zip(_weights(first), _weights(second), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_saved_before_later_config_fields_resumes_with_the_values_it_used(tmp_path):
+    run = tmp_path / "run"
+    TRPO("CartPole-v1", run_dir=run, **SMALL, critic_epsilon=1e-7, tf_threads=0).learn(4 * BATCH)
+    # As an older natgrad wrote it: neither config.json nor the checkpoints name these fields.
+    data = json.loads((run / "config.json").read_text())
+    data["config"] = {k: v for k, v in data["config"].items() if k not in ADDED_FIELDS}
+    (run / "config.json").write_text(json.dumps(data))
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        old = read_checkpoint(path)
+        meta = {**old.meta, "config": {k: v for k, v in old.meta["config"].items()
+                                       if k not in ADDED_FIELDS}}
+        write_checkpoint(path, meta, old.arrays)
+
+    resumed = TRPO.resume(run)
+    assert resumed.config.critic_epsilon == 1e-7 and resumed.config.tf_threads == 0
+    assert resumed.value_optimizer.epsilon == pytest.approx(1e-7)
+    resumed.learn(6 * BATCH)  # the run directory still takes it as its own
+    assert resumed.num_timesteps == 6 * BATCH and len(_rows(run)) == 6
+    assert TRPO.load(latest_checkpoint(run)).config == resumed.config
 
 
 def test_save_load_round_trip_predicts_the_same(tmp_path):

@@ -137,12 +137,16 @@ def test_gaussian_log_std_changes_after_an_update():
     assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
 
 
-def test_compiled_value_fit_is_a_plain_keras_adam_loop_over_the_minibatches():
+@pytest.mark.parametrize("epsilon", [None, 0.05], ids=["default_epsilon", "epsilon_0.05"])
+def test_compiled_value_fit_is_a_plain_keras_adam_loop_over_the_minibatches(epsilon):
     import keras
     import tensorflow as tf
 
-    agent = TRPO("Pendulum-v1", **{**SMALL, "critic_epochs": 3, "critic_batch_size": 48})
+    overrides = {} if epsilon is None else {"critic_epsilon": epsilon}
+    agent = TRPO("Pendulum-v1", **{**SMALL, "critic_epochs": 3, "critic_batch_size": 48,
+                                   **overrides})
     cfg, value = agent.config, agent.value
+    assert cfg.critic_epsilon == (1e-5 if epsilon is None else epsilon)  # SB3's by default
     rng = np.random.default_rng(0)
     n = cfg.batch_size  # 128: two minibatches of 48 and a ragged one of 32 per epoch
     obs = rng.standard_normal((n, 3)).astype(np.float32)
@@ -154,7 +158,7 @@ def test_compiled_value_fit_is_a_plain_keras_adam_loop_over_the_minibatches():
 
     for v, x in zip(value.trainable_variables, start, strict=True):
         v.assign(x)
-    adam = keras.optimizers.Adam(learning_rate=cfg.critic_lr)
+    adam = keras.optimizers.Adam(learning_rate=cfg.critic_lr, epsilon=cfg.critic_epsilon)
     steps = 0
     for epoch in range(cfg.critic_epochs):
         for first in range(0, n, cfg.critic_batch_size):
