@@ -56,7 +56,8 @@ class RunDirLocked(RunDirError):
 
 
 def read_run_config(run_dir: str | Path) -> tuple[str | None, dict]:
-    """``(run_id, config dict)`` of a run directory.
+    """``(run_id, config dict)`` of a run directory, with the fields added since it was
+    written filled in (:func:`agents.config.complete_saved_config`).
 
     Also reads the flat ``config.json`` of natgrad 0.1 (``run_id`` is then ``None``).
 
@@ -96,6 +97,7 @@ def describe_mismatch(meta: dict, run_id: str | None, config: dict) -> str | Non
     """Why a checkpoint's ``meta`` does not belong to the run ``(run_id, config)``, or None."""
     theirs = (complete_saved_config(meta["config"]) if isinstance(meta.get("config"), dict)
               else {})
+    config = complete_saved_config(config)
     if meta.get("env_id") != config.get("env_id"):
         return (f"it was written for env {meta.get('env_id')!r}, this run is "
                 f"{config.get('env_id')!r}")
@@ -153,7 +155,7 @@ def claim_run_dir(run_dir: str | Path, run_id: str, config: dict, *,
     run_dir = Path(run_dir)
     if (run_dir / CONFIG_FILE).exists():
         theirs_id, theirs = read_run_config(run_dir)
-        if theirs_id not in (None, run_id) or theirs != config:
+        if theirs_id not in (None, run_id) or theirs != complete_saved_config(config):
             raise RunDirError(f"{run_dir} holds another run (run id {theirs_id}); resume it "
                               "with TRPO.resume, or train into a new directory")
     else:

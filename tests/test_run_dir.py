@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from agents.config import complete_saved_config
 from agents.run_dir import (
     RunDirError,
     RunDirLocked,
@@ -31,7 +32,7 @@ def test_mismatches_are_named():
 
 def test_claim_writes_the_config_once_and_refuses_another_run(tmp_path):
     claim_run_dir(tmp_path, "a", CONFIG)
-    assert read_run_config(tmp_path) == ("a", CONFIG)
+    assert read_run_config(tmp_path) == ("a", complete_saved_config(CONFIG))
     claim_run_dir(tmp_path, "a", CONFIG)  # the same run again: fine
     with pytest.raises(RunDirError, match="holds another run"):
         claim_run_dir(tmp_path, "b", CONFIG)
