@@ -23,15 +23,11 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from peer_check import check_main, run_peer
 
 HERE = Path(__file__).resolve().parent
 SEED = 0
@@ -133,11 +129,7 @@ def check(env_id: str, peer_python: str, work: Path) -> dict:
     for_peer, ours = natgrad_side(env_id)
     data_file, out_file = work / f"{env_id}_rollout.npz", work / f"{env_id}_sb3.npz"
     np.savez(data_file, **for_peer)
-    done = subprocess.run([peer_python, str(Path(__file__).resolve()), "--peer-side",
-                           str(data_file), str(out_file), env_id],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"sb3-contrib side failed:\n{done.stdout}{done.stderr}")
+    run_peer(peer_python, __file__, str(data_file), str(out_file), env_id)
     theirs = dict(np.load(out_file))
     report = {"env_id": env_id, "batch": list(np.shape(ours["values"])),
               "episode_ends": ours["episode_ends"], "max_relative_difference": {}}
@@ -151,35 +143,20 @@ def check(env_id: str, peer_python: str, work: Path) -> dict:
     return report
 
 
+def describe(report: dict) -> list[str]:
+    ends = report["episode_ends"]
+    lines = [f"{report['env_id']}: batch {report['batch']}, {ends['terminated']} terminated and "
+             f"{ends['truncated']} truncated episodes; largest |natgrad - sb3| / max |sb3|:"]
+    lines += [f"  {key:<11} {diff:.2e}"
+              for key, diff in report["max_relative_difference"].items()]
+    return lines
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", nargs="+", default=["Hopper-v5", "HalfCheetah-v5"])
-    parser.add_argument("--peer-python", default=os.environ.get("NATGRAD_PEER_PYTHON"))
-    parser.add_argument("--out", default="bench_results/sb3_rollout_check.json")
-    parser.add_argument("--peer-side", nargs=3, metavar=("DATA", "OUT", "ENV_ID"),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.peer_side:
-        return peer_side(*args.peer_side)
-    if not args.peer_python:
-        parser.error("needs --peer-python (or NATGRAD_PEER_PYTHON): a Python with sb3-contrib "
-                     "and torch; see README")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    reports = []
-    with tempfile.TemporaryDirectory() as work:
-        for env_id in args.envs:
-            report = check(env_id, args.peer_python, Path(work))
-            reports.append(report)
-            ends = report["episode_ends"]
-            print(f"{env_id}: batch {report['batch']}, {ends['terminated']} terminated and "
-                  f"{ends['truncated']} truncated episodes; largest |natgrad - sb3| / "
-                  f"max |sb3|:")
-            for key, diff in report["max_relative_difference"].items():
-                print(f"  {key:<11} {diff:.2e}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(reports, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return check_main(argv, doc=__doc__, envs=["Hopper-v5", "HalfCheetah-v5"],
+                      out="bench_results/sb3_rollout_check.json",
+                      peer_metavar=("DATA", "OUT", "ENV_ID"), peer_side=peer_side, check=check,
+                      describe=describe)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,11 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from peer_check import check_main, run_peer
 
 HERE = Path(__file__).resolve().parent
 BATCH = 2048
@@ -120,11 +116,7 @@ def check(env_id: str, peer_python: str, work: Path) -> dict:
     data = {**natgrad_weights(agent), "obs": obs, "actions": actions, "advantages": advantages}
     batch_file, out_file = work / f"{env_id}_batch.npz", work / f"{env_id}_sb3.npz"
     np.savez(batch_file, **data)
-    done = subprocess.run([peer_python, str(Path(__file__).resolve()), "--peer-side",
-                           str(batch_file), str(out_file), env_id],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"sb3-contrib side failed:\n{done.stdout}{done.stderr}")
+    run_peer(peer_python, __file__, str(batch_file), str(out_file), env_id)
     start = flat({k: data[k] for k in natgrad_weights(agent)})
     sb3_step = flat(dict(np.load(out_file))) - start
     action_dim = actions.shape[1]
@@ -146,36 +138,21 @@ def check(env_id: str, peer_python: str, work: Path) -> dict:
     return report
 
 
+def describe(report: dict) -> list[str]:
+    lines = [f"{report['env_id']} (D = {report['action_dim']}), |sb3 step| = "
+             f"{report['sb3_step_norm']:.4g}"]
+    for name, r in report["variants"].items():
+        lines.append(f"  natgrad {name}: |Δ - Δ_sb3| / |Δ_sb3| = "
+                     f"{r['relative_difference']:.2e}, cosine {r['cosine']:.6f}, "
+                     f"|Δ| / |Δ_sb3| = {r['step_norm_ratio']:.4f}")
+    return lines
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", nargs="+", default=["Hopper-v5", "HalfCheetah-v5",
-                                                      "Walker2d-v5"])
-    parser.add_argument("--peer-python", default=os.environ.get("NATGRAD_PEER_PYTHON"))
-    parser.add_argument("--out", default="bench_results/sb3_step_check.json")
-    parser.add_argument("--peer-side", nargs=3, metavar=("BATCH", "OUT", "ENV_ID"),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.peer_side:
-        return peer_side(*args.peer_side)
-    if not args.peer_python:
-        parser.error("needs --peer-python (or NATGRAD_PEER_PYTHON): a Python with sb3-contrib "
-                     "and torch; see README")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    reports = []
-    with tempfile.TemporaryDirectory() as work:
-        for env_id in args.envs:
-            report = check(env_id, args.peer_python, Path(work))
-            reports.append(report)
-            print(f"{env_id} (D = {report['action_dim']}), |sb3 step| = "
-                  f"{report['sb3_step_norm']:.4g}")
-            for name, r in report["variants"].items():
-                print(f"  natgrad {name}: |Δ - Δ_sb3| / |Δ_sb3| = "
-                      f"{r['relative_difference']:.2e}, cosine {r['cosine']:.6f}, "
-                      f"|Δ| / |Δ_sb3| = {r['step_norm_ratio']:.4f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(reports, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return check_main(argv, doc=__doc__, envs=["Hopper-v5", "HalfCheetah-v5", "Walker2d-v5"],
+                      out="bench_results/sb3_step_check.json",
+                      peer_metavar=("BATCH", "OUT", "ENV_ID"), peer_side=peer_side, check=check,
+                      describe=describe)
 
 
 if __name__ == "__main__":

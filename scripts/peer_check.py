@@ -1,0 +1,56 @@
+"""The frame shared by the checks that put one input into natgrad and into sb3-contrib.
+
+Each check script (``check_sb3_step.py``, ``check_sb3_rollout.py``) prepares its input on the
+natgrad side, runs itself again under ``--peer-python`` with ``--peer-side`` (sb3-contrib, CPU
+torch, nothing from natgrad imported), and compares. This module holds the command line, the
+peer call and the report file; it imports nothing from either side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def run_peer(peer_python: str, script: str, *args: str) -> None:
+    """Runs ``script --peer-side ARGS`` under ``peer_python``; raises with its output if it
+    fails."""
+    done = subprocess.run([peer_python, str(Path(script).resolve()), "--peer-side", *args],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"sb3-contrib side failed:\n{done.stdout}{done.stderr}")
+
+
+def check_main(argv, *, doc: str, envs: list[str], out: str, peer_metavar: tuple,
+               peer_side: Callable[..., int], check: Callable[[str, str, Path], dict],
+               describe: Callable[[dict], list[str]]) -> int:
+    """Parses the command line; either runs the peer side, or ``check(env_id, peer_python,
+    work_dir)`` per env, prints ``describe(report)`` and writes the reports to ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--envs", nargs="+", default=envs)
+    parser.add_argument("--peer-python", default=os.environ.get("NATGRAD_PEER_PYTHON"))
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--peer-side", nargs=len(peer_metavar), metavar=peer_metavar,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.peer_side:
+        return peer_side(*args.peer_side)
+    if not args.peer_python:
+        parser.error("needs --peer-python (or NATGRAD_PEER_PYTHON): a Python with sb3-contrib "
+                     "and torch; see README")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    reports = []
+    with tempfile.TemporaryDirectory() as work:
+        for env_id in args.envs:
+            report = check(env_id, args.peer_python, Path(work))
+            reports.append(report)
+            print("\n".join(describe(report)))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(reports, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
