@@ -27,18 +27,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from peer_check import check_main, run_peer
+from peer_check import check_main, mlp_weights, run_peer, sb3_layers
 
 HERE = Path(__file__).resolve().parent
 SEED = 0
-
-
-def _sb3_layers(policy) -> dict:
-    """sb3-contrib's ``MlpPolicy`` linear layers, by the natgrad network they mirror."""
-    return {"policy": [policy.mlp_extractor.policy_net[0], policy.mlp_extractor.policy_net[2],
-                       policy.action_net],
-            "value": [policy.mlp_extractor.value_net[0], policy.mlp_extractor.value_net[2],
-                      policy.value_net]}
 
 
 def peer_side(data_file: str, out_file: str, env_id: str) -> int:
@@ -63,8 +55,8 @@ def peer_side(data_file: str, out_file: str, env_id: str) -> int:
     model = TRPO("MlpPolicy", env, device="cpu", seed=SEED, **kwargs)
     policy = model.policy
     with th.no_grad():
-        for net, layers in _sb3_layers(policy).items():
-            for i, layer in enumerate(layers):
+        for net in ("policy", "value"):
+            for i, layer in enumerate(sb3_layers(policy, net)):
                 layer.weight.copy_(th.as_tensor(data[f"{net}_kernel_{i}"].T))
                 layer.bias.copy_(th.as_tensor(data[f"{net}_bias_{i}"]))
         policy.log_std.copy_(th.as_tensor(data["log_std"]))
@@ -89,12 +81,6 @@ def peer_side(data_file: str, out_file: str, env_id: str) -> int:
     return 0
 
 
-def _mlp_weights(net, name: str) -> dict:
-    weights = {f"{name}_kernel_{i}": w.numpy() for i, w in enumerate(net.kernels)}
-    weights.update({f"{name}_bias_{i}": b.numpy() for i, b in enumerate(net.biases)})
-    return weights
-
-
 def natgrad_side(env_id: str) -> tuple[dict, dict]:
     """``(weights and actions for the peer, natgrad's rollout quantities)``."""
     from agents.trpo import TRPO
@@ -110,8 +96,8 @@ def natgrad_side(env_id: str) -> tuple[dict, dict]:
     # sb3-contrib's reward for a truncated step carries the bootstrap; a terminal one does not.
     bootstrapped = rollout.train_rewards + cfg.gamma * (rollout.truncated
                                                         & ~rollout.terminated) * next_values
-    for_peer = {**_mlp_weights(agent.policy.mean_net, "policy"),
-                **_mlp_weights(agent.value.net, "value"),
+    for_peer = {**mlp_weights(agent.policy.mean_net, "policy_"),
+                **mlp_weights(agent.value.net, "value_"),
                 "log_std": agent.policy.log_std.numpy(), "actions": rollout.actions}
     ours = {"obs": rollout.obs, "values": values, "rewards": bootstrapped,
             "advantages": advantages, "returns": returns,

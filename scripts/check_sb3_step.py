@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from peer_check import check_main, run_peer
+from peer_check import check_main, mlp_weights, run_peer, sb3_layers
 
 HERE = Path(__file__).resolve().parent
 BATCH = 2048
@@ -48,8 +48,7 @@ def peer_side(batch_file: str, out_file: str, env_id: str) -> int:
                  **kwargs)
     model.set_logger(configure(None, [""]))
     policy = model.policy
-    layers = [policy.mlp_extractor.policy_net[0], policy.mlp_extractor.policy_net[2],
-              policy.action_net]
+    layers = sb3_layers(policy, "policy")
     with th.no_grad():
         for i, layer in enumerate(layers):
             layer.weight.copy_(th.as_tensor(data[f"kernel_{i}"].T))
@@ -76,11 +75,7 @@ def peer_side(batch_file: str, out_file: str, env_id: str) -> int:
 
 
 def natgrad_weights(agent) -> dict:
-    net = agent.policy.mean_net
-    weights = {f"kernel_{i}": w.numpy() for i, w in enumerate(net.kernels)}
-    weights.update({f"bias_{i}": b.numpy() for i, b in enumerate(net.biases)})
-    weights["log_std"] = agent.policy.log_std.numpy()
-    return weights
+    return {**mlp_weights(agent.policy.mean_net), "log_std": agent.policy.log_std.numpy()}
 
 
 def flat(weights: dict) -> np.ndarray:

@@ -3,7 +3,8 @@
 Each check script (``check_sb3_step.py``, ``check_sb3_rollout.py``) prepares its input on the
 natgrad side, runs itself again under ``--peer-python`` with ``--peer-side`` (sb3-contrib, CPU
 torch, nothing from natgrad imported), and compares. This module holds the command line, the
-peer call and the report file; it imports nothing from either side.
+peer call, the report file and the map between the two sides' weights; it imports nothing
+from either side.
 """
 
 from __future__ import annotations
@@ -15,6 +16,24 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def mlp_weights(net, prefix: str = "") -> dict:
+    """A natgrad ``agents.policies.MLP``'s weights as NumPy: ``{prefix}kernel_i`` ``[in, out]``
+    and ``{prefix}bias_i``."""
+    weights = {f"{prefix}kernel_{i}": w.numpy() for i, w in enumerate(net.kernels)}
+    weights.update({f"{prefix}bias_{i}": b.numpy() for i, b in enumerate(net.biases)})
+    return weights
+
+
+def sb3_layers(policy, net: str) -> list:
+    """The linear layers of sb3-contrib's ``MlpPolicy`` that mirror natgrad's ``net``
+    (``"policy"``: the mean network, ``"value"``), input to output."""
+    if net == "policy":
+        return [policy.mlp_extractor.policy_net[0], policy.mlp_extractor.policy_net[2],
+                policy.action_net]
+    return [policy.mlp_extractor.value_net[0], policy.mlp_extractor.value_net[2],
+            policy.value_net]
 
 
 def run_peer(peer_python: str, script: str, *args: str) -> None:
