@@ -24,6 +24,20 @@ ON_NON_FINITE = ("stop", "skip")
 MIN_FISHER_SAMPLES = 32  # fewer states than this make a trust region no batch can pass
 
 
+def is_int(x) -> bool:
+    """An ``int`` that is not a ``bool`` (a JSON or TOML integer)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_num(x) -> bool:
+    """A finite ``int`` or ``float`` that is not a ``bool``.
+
+    (``natgrad.checks`` holds natgrad's argument checks; the CLI validates a configuration
+    before TensorFlow is imported, and importing natgrad imports TensorFlow, so these two
+    predicates stay here.)"""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _help(text: str, default):
     return field(default=default, metadata={"help": text})
 
@@ -89,12 +103,6 @@ class TRPOConfig:
         def need(ok: bool, name: str, accepted: str):
             if not ok:
                 problems.append(f"{name}={getattr(self, name)!r} (accepted: {accepted})")
-
-        def is_int(x):
-            return isinstance(x, int) and not isinstance(x, bool)
-
-        def is_num(x):
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
         need(isinstance(self.env_id, str) and bool(self.env_id), "env_id", "a non-empty env id")
         need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")

@@ -6,12 +6,11 @@ reads only the new policy (and the normalizers). :class:`ValueFitOverlap` runs t
 second thread (TensorFlow releases the GIL while it computes) and collects the next batch on
 this one, then waits for the fit. The minibatch order of the fit is drawn before the rollout
 draws its actions, so the random numbers, and the whole run, are those of running the two one
-after the other. It pays off only with a core to spare: TensorFlow's threads and the rollout
-thread then share the cores, and on 2 cores (CartPole-v1, 100k steps) the overlapped run took
-as long as the sequential one.
+after the other. It pays off only with a core to spare: otherwise TensorFlow's threads and the
+rollout thread share the cores, and the overlapped run takes as long as the sequential one.
 
 A batch collected early is held as :class:`Prefetched` until the next update takes it. The
-agent never checkpoints while holding one (see ``TRPO._may_prefetch``): a checkpoint's
+agent never checkpoints while holding one (see :func:`may_prefetch`): a checkpoint's
 environment and random state must be those from before the batch it has not trained on.
 """
 
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import NamedTuple
 
+from agents.envs.normalization import load_normalizer_state, normalizer_state
 from agents.rollout import NonFiniteError, Rollout
 
 
@@ -30,13 +30,66 @@ class Prefetched(NamedTuple):
     as it was before: the normalizers, the random generator and the worker's episode
     bookkeeping (``RolloutWorker.state``). A batch that is dropped (its update failed, or
     training stopped on an error) is undone with them; the envs, which cannot be wound back,
-    are re-seeded (``TRPO._unwind_prefetch``)."""
+    are re-seeded (:func:`undo_prefetch`)."""
 
     rollout: Rollout | None
     error: NonFiniteError | None
     normalizers: tuple
     rng_state: dict
     worker_state: dict
+
+
+def may_prefetch(cfg, *, num_workers: int, stop_requested: bool, checkpoint_follows: bool,
+                 num_timesteps: int, total: int) -> bool:
+    """Whether the coming update may collect the next batch while its value fit runs
+    (``overlap_value_fit``): not with several workers, nor when a checkpoint or the end
+    follows it (a checkpoint must not hold a batch already collected), nor once a stop was
+    asked for."""
+    return (cfg.overlap_value_fit and num_workers == 1 and not stop_requested
+            and not checkpoint_follows and num_timesteps + cfg.batch_size < total)
+
+
+def policy_step_and_value_fit(fns, overlap: ValueFitOverlap | None, obs, actions, advantages,
+                              returns, critic_order, *, worker, collect_next, rng,
+                              obs_rms, reward_scaler) -> dict:
+    """Steps 3 and 4 of an update on the flat batch, with the compiled ``fns``
+    (:class:`agents.update.UpdateFunctions`), as NumPy values.
+
+    Without ``overlap`` (``overlap_value_fit`` off): ``fns.both``, one graph. With it: the
+    policy step, then the value fit; when ``collect_next`` is given, the next batch is
+    collected (``collect_next()``) while the fit runs and kept in ``overlap.pending`` with the
+    state it changes as it was before (normalizers, ``rng``, ``worker``).
+
+    Raises:
+      NonFiniteError: the policy weights are not finite after the step.
+    """
+    if overlap is None:  # one graph: TensorFlow runs the halves side by side
+        stats = fns.both(obs, actions, advantages, returns, critic_order)
+    else:
+        stats = fns.policy(obs, actions, advantages)
+        if not stats["policy_finite"]:
+            raise NonFiniteError("the policy weights are not finite after the step")
+        if collect_next is not None:
+            stats.update(overlap.fit_while_collecting(
+                lambda: fns.value(obs, returns, critic_order), collect_next,
+                (normalizer_state(obs_rms, reward_scaler), rng.bit_generator.state,
+                 worker.state())))
+        else:
+            stats.update(fns.value(obs, returns, critic_order))
+    stats = {k: v.numpy() for k, v in stats.items()}
+    if not stats["policy_finite"]:
+        raise NonFiniteError("the policy weights are not finite after the step")
+    return stats
+
+
+def undo_prefetch(dropped: Prefetched, *, rng, obs_rms, reward_scaler, worker,
+                  reseed: int) -> None:
+    """Undoes a batch collected early that will not be trained on: random state, episode
+    bookkeeping and normalizers as before it; the envs, which moved on, re-seeded
+    ``reseed``."""
+    rng.bit_generator.state = dropped.rng_state
+    load_normalizer_state(obs_rms, reward_scaler, dropped.normalizers)
+    worker.restore({"sub_envs": None, "worker": dropped.worker_state}, reseed)
 
 
 class ValueFitOverlap:

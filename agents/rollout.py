@@ -1,7 +1,4 @@
-"""Environments, experience collection and the advantage estimate it feeds.
-
-* :func:`resolve_env`, :func:`make_vector_env`: which envs an agent runs (the spaces it takes:
-  :mod:`agents.spaces`).
+"""Experience collection and the advantage estimate it feeds.
 
 * :func:`compute_gae`: generalized advantage estimation (Schulman et al., 2016), pure NumPy.
 * :class:`RolloutWorker`: steps a Gymnasium vector env (``AutoresetMode.SAME_STEP``) with a
@@ -11,62 +8,32 @@
 
 from __future__ import annotations
 
-import copy
-import functools
-import importlib
 from collections import deque
 from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
 
-from agents.env_factories import make_env, register_env_family
-from agents.normalization import RewardScaler, RunningMeanStd
-from agents.spaces import (  # noqa: F401 - check_spaces, env_actions: re-exported
-    SUPPORTED_SPACES,
+from agents.envs.normalization import (
+    RewardScaler,
+    RunningMeanStd,
+    load_normalizer_state,
+    normalizer_state,
+)
+from agents.envs.spaces import (
     ObservationEncoder,
     action_layout,
-    check_spaces,
     env_actions,
+    flatten_time,
     map_obs,
     obs_leaves,
 )
-from agents.vector_env import RolloutVectorEnv
 
 RETURN_WINDOW = 20
 
 
 class NonFiniteError(RuntimeError):
     """Training met a NaN or infinite quantity; the message names it and the env step."""
-
-
-def resolve_env(env) -> tuple[str, callable]:
-    """``(env_id, factory)`` for an env id string, a ``gymnasium.Env`` or a factory callable.
-
-    An id may name the module that registers it, as ``gymnasium.make`` allows:
-    ``"my_package.envs:MyEnv-v0"`` imports ``my_package.envs`` first. Ids are made by
-    :func:`agents.env_factories.make_env` (Atari and MiniGrid get their standard wrappers).
-    """
-    if isinstance(env, str):
-        module, sep, name = env.rpartition(":")
-        if sep:
-            try:
-                importlib.import_module(module)
-            except ImportError as e:
-                raise ValueError(f"env id {env!r}: cannot import module {module!r} ({e})") from e
-        register_env_family(name)
-        try:
-            gym.spec(name)
-        except gym.error.Error as e:
-            raise ValueError(f"unknown Gymnasium env id {name!r}: {e}") from e
-        return env, functools.partial(make_env, env)
-    if isinstance(env, gym.Env):
-        if env.spec is not None:
-            return env.spec.id, functools.partial(gym.make, env.spec)
-        return type(env).__name__, functools.partial(copy.deepcopy, env)
-    if callable(env):
-        return getattr(env, "__name__", type(env).__name__), env
-    raise ValueError(f"env must be an env id, a gymnasium.Env or a factory; got {type(env)}")
 
 
 def check_finite(name: str, values, first_step: int, n_envs: int) -> None:
@@ -85,16 +52,6 @@ def check_finite(name: str, values, first_step: int, n_envs: int) -> None:
         k = int(np.flatnonzero(bad)[0])
         raise NonFiniteError(f"{name} is not finite ({values[k]}) at env step "
                              f"{first_step + k + 1:,} (env {(first_step + k) % n_envs})")
-
-
-def make_vector_env(factory, n_envs: int, vectorization: str) -> gym.vector.VectorEnv:
-    """``n_envs`` copies, auto-reset in the same step (final obs in ``infos["final_obs"]``):
-    :class:`agents.vector_env.RolloutVectorEnv` (a ``SyncVectorEnv``) or an
-    ``AsyncVectorEnv``."""
-    if vectorization == "sync":
-        return RolloutVectorEnv([factory] * n_envs)
-    return gym.vector.AsyncVectorEnv([factory] * n_envs,
-                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
 def compute_gae(rewards, values, next_values, terminated, truncated, gamma: float, lam: float):
@@ -122,6 +79,21 @@ def compute_gae(rewards, values, next_values, terminated, truncated, gamma: floa
     return advantages, advantages + values
 
 
+def estimate_advantages(value, rollout: Rollout, gamma: float,
+                        lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values, advantages, returns)``, each ``[T, E]``: ``V(s)`` by ``value``
+    (:class:`agents.nets.ValueFunction`), GAE advantages (:func:`compute_gae`, unstandardized)
+    that bootstrap ``V(final_obs)`` at truncation, and the targets ``advantages + values``."""
+    value_params = value.numpy_params()
+    shape = rollout.rewards.shape
+    values = value.numpy_values(value_params, flatten_time(rollout.obs)).reshape(shape)
+    next_values = value.numpy_values(value_params,
+                                     flatten_time(rollout.bootstrap_obs)).reshape(shape)
+    advantages, returns = compute_gae(rollout.train_rewards, values, next_values,
+                                      rollout.terminated, rollout.truncated, gamma, lam)
+    return values, advantages, returns
+
+
 def normalize_advantages(advantages: np.ndarray, epsilon: float = 1e-8) -> np.ndarray:
     """``(Â − mean Â) / (std Â + ε)``."""
     return (advantages - advantages.mean()) / (advantages.std() + epsilon)
@@ -135,7 +107,7 @@ def explained_variance(predictions: np.ndarray, targets: np.ndarray) -> float:
 
 class Rollout(NamedTuple):
     """One batch, time-major. ``obs``/``bootstrap_obs`` ``[T, E, obs_dim]``, or a dict of such
-    arrays with images (:class:`agents.spaces.ObservationEncoder`; the vector part normalized
+    arrays with images (:class:`agents.envs.spaces.ObservationEncoder`; the vector part normalized
     when observation normalization is on), ``actions`` ``[T, E]`` or ``[T, E, D]`` (unclipped),
     ``rewards``/``terminated``/``truncated`` ``[T, E]`` (unnormalized env rewards),
     ``train_rewards`` ``[T, E]`` (the rewards to learn from: scaled by the worker's
@@ -242,6 +214,25 @@ class RolloutWorker:
         return {"episode_returns": list(self.episode_returns), "episodes": self.episodes,
                 "running_returns": self.running_returns.copy(),
                 "last_obs": map_obs(np.copy, self.last_obs)}
+
+    def restore(self, saved: dict, reseed: int) -> None:
+        """Puts this (new) worker into a saved state: ``saved["worker"]`` (:meth:`state`) and
+        ``saved["sub_envs"]``, the pickled sync envs where given and trusted. Without them the
+        envs are reset with ``reseed`` (the episodes in progress are lost). The normalizers
+        keep their state either way."""
+        # A reset feeds the first observations to the normalizers: keep their saved state.
+        obs_state, reward_state = normalizer_state(self.obs_rms, self.reward_scaler)
+        if saved["sub_envs"] is not None and isinstance(self.envs, gym.vector.SyncVectorEnv):
+            self.envs.envs = saved["sub_envs"]
+            self.load_state(saved["worker"])
+        else:
+            self.reset(reseed)
+            n_envs = self.envs.num_envs
+            self.load_state({**saved["worker"], "last_obs": self.last_obs,
+                             "running_returns": np.zeros(n_envs)})
+            if reward_state is not None:
+                reward_state["returns"] = np.zeros(n_envs)
+        load_normalizer_state(self.obs_rms, self.reward_scaler, (obs_state, reward_state))
 
     def load_state(self, state: dict) -> None:
         self.episode_returns = deque(state["episode_returns"], maxlen=RETURN_WINDOW)

@@ -2,11 +2,10 @@
 
 A TRPO update of a small MLP is thousands of tiny ops. With TensorFlow's default pools (one
 thread per core), handing them between threads costs more than running them, and the pools'
-idle threads spin on the cores the envs step on: on 2 cores, CartPole-v1's 100k steps spent
-6.7 s in the update with the default pools and 4.5 s with one thread
-(``scripts/profile_trpo.py``). The pools can be sized only before TensorFlow runs its first
-op in the process; after that the request is reported once and the run goes on with the pools
-it has.
+idle threads spin on the cores the envs step on (``scripts/profile_trpo.py --set
+tf_threads=0`` against ``tf_threads=1`` measures it; ``bench_results/profile/`` holds runs).
+The pools can be sized only before TensorFlow runs its first op in the process; after that
+the request is reported once and the run goes on with the pools it has.
 """
 
 from __future__ import annotations

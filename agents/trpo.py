@@ -1,20 +1,26 @@
 """``TRPO``: trust region policy optimization (Schulman et al., 2015) on Gymnasium.
 
-One update (:meth:`TRPO._update`) follows Algorithm 1 of the paper:
+One iteration (:meth:`TRPO._trpo_iteration`) follows Algorithm 1 of the paper:
 
 1. **Collect** ``n_envs × n_steps`` transitions with the current policy (NumPy forward passes;
-   a compiled ``tf.function`` for image observations). Spaces: :mod:`agents.spaces`.
+   a compiled ``tf.function`` for image observations). Spaces: :mod:`agents.envs.spaces`.
 2. **Advantages** by GAE, bootstrapping ``V(final_obs)`` at time-limit truncations; standardized.
 3. **Policy step** with :meth:`natgrad.NaturalGradient.minimize` on the surrogate
    ``L(θ) = −mean_n[π_θ(a_n|s_n) / π_old(a_n|s_n) · Â_n]``: CG on the Fisher (its Gauss-Newton
    form ``Jᵀ F_out J``, on every ``fisher_subsample``-th state), step to the edge of
    ``KL(π_old‖π_θ) ≤ max_kl``, backtracking line search, exact restore when it fails.
 4. **Value fit**: ``critic_epochs`` passes of Adam on ``mean (V(s) − R̂)²`` in minibatches.
-5. **Log** the row described in :mod:`agents.logger`; checkpoint every ``checkpoint_every``.
+5. **Log** the row described in :mod:`agents.runs.progress`; checkpoint every ``checkpoint_every``.
 
 Steps 3 and 4 run in one ``tf.function`` with a fixed input signature (traced once per agent).
 All randomness (initial weights, action sampling, minibatch order) comes from one seeded NumPy
 ``Generator``, whose state is checkpointed; no ``tf.random`` generator is used.
+
+Around it, in their own modules: an iteration that meets a NaN is undone whole and stopped or
+skipped (:mod:`agents.rollback`); the value fit may run while the next batch is collected
+(:mod:`agents.overlap`); the run directory's lock, claim and checkpoints
+(:class:`agents.runs.run_dir.RunWriter`); Ctrl-C and ``SIGTERM`` stop at the next update
+(:mod:`agents.stop_signals`).
 """
 
 from __future__ import annotations
@@ -25,51 +31,46 @@ import time
 import uuid
 from pathlib import Path
 
-import keras
 import numpy as np
-from tqdm.auto import tqdm
 
-import natgrad
-from agents.agent_state import (
-    agent_checkpoint,
-    agent_from_checkpoint,
-    load_normalizer_state,
-    normalizer_state,
-    restore_training_snapshot,
-    restore_worker,
-    training_snapshot,
-)
-from agents.checkpoint import (
-    checkpoint_path,
-    list_checkpoints,
-    read_checkpoint,
-    write_checkpoint,
-)
 from agents.config import TRPOConfig, resolve_config
-from agents.evaluation import EVAL_SEED_OFFSET, evaluate_policy
-from agents.logger import PROGRESS_KEYS, ProgressLogger
-from agents.networks import build_networks
-from agents.normalization import RewardScaler, RunningMeanStd
-from agents.overlap import ValueFitOverlap
+from agents.envs.factories import make_vector_env, resolve_env
+from agents.envs.normalization import RewardScaler, RunningMeanStd
+from agents.envs.spaces import (
+    ObservationEncoder,
+    action_layout,
+    check_spaces,
+    env_actions,
+    flatten_time,
+)
+from agents.nets import build_networks
+from agents.overlap import ValueFitOverlap, may_prefetch, policy_step_and_value_fit, undo_prefetch
+from agents.rollback import Snapshot, skipped_row
 from agents.rollout import (
     NonFiniteError,
     Rollout,
     RolloutWorker,
     check_finite,
-    check_spaces,
-    compute_gae,
-    env_actions,
     explained_variance,
-    make_vector_env,
     normalize_advantages,
-    resolve_env,
 )
-from agents.run_dir import RunLock, claim_run_dir, resume_point
-from agents.spaces import ObservationEncoder, action_layout, map_obs
+from agents.rollout import (
+    estimate_advantages as estimate_batch_advantages,
+)
+from agents.runs.agent_state import (
+    agent_checkpoint,
+    all_variables,
+    restore_agent,
+    saved_settings,
+)
+from agents.runs.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from agents.runs.evaluation import EVAL_SEED_OFFSET, evaluate_policy
+from agents.runs.progress import ProgressBar, ProgressLogger, progress_row
+from agents.runs.run_dir import RunWriter, resume_point
 from agents.stop_signals import StopSignals, TrainingInterrupted
 from agents.tf_threads import apply_tf_threads
-from agents.update import UpdateFunctions, make_update_fns
-from agents.workers import check_same_start, worker_position
+from agents.update import UpdateFunctions, make_optimizers, make_update_fns
+from agents.workers import check_same_start, check_worker_settings, worker_position
 
 log = logging.getLogger("agents")
 
@@ -91,12 +92,12 @@ class TRPO:
         here, before any training.
 
     Checkpoints (``save``, and ``run_dir/checkpoints/update_NNNNNN.ckpt``) are arrays plus JSON
-    (:mod:`agents.agent_state`): loading one never runs code from it. A resume re-seeds the
+    (:mod:`agents.runs.agent_state`): loading one never runs code from it. A resume re-seeds the
     envs (seed ``seed + updates``), so episodes in progress are lost; with
     ``save_env_state=True`` the sync envs are pickled too and ``TRPO.resume(run_dir,
     trust_env_state=True)`` continues bit for bit as if never stopped (on CPU).
 
-    Training with a ``run_dir`` holds its lock (:class:`agents.run_dir.RunLock`); Ctrl-C or
+    Training with a ``run_dir`` holds its lock (:class:`agents.runs.run_dir.RunLock`); Ctrl-C or
     ``SIGTERM`` stops after the current update with a checkpoint (:class:`TrainingInterrupted`);
     a NaN or infinite observation, reward, return or value loss raises
     :class:`agents.rollout.NonFiniteError` after checkpointing the last good state (or, with
@@ -105,14 +106,14 @@ class TRPO:
 
     def __init__(self, env, *, preset: str | None = None, run_dir=None, strategy=None,
                  **overrides):
-        env_id, self._env_factory = resolve_env(env)
+        env_id, self.env_factory = resolve_env(env)
         if "env_id" in overrides:  # names a factory's env; must agree with an env id string
             if isinstance(env, str) and overrides["env_id"] != env:
                 raise ValueError(f"env_id={overrides['env_id']!r} contradicts env={env!r}")
             env_id = overrides.pop("env_id")
         self.config: TRPOConfig = resolve_config(env_id, preset, **overrides)
         apply_tf_threads(self.config.tf_threads)  # before this agent's first TensorFlow op
-        probe = self._env_factory()
+        probe = self.env_factory()
         try:
             check_spaces(probe.observation_space, probe.action_space)
             self.observation_space, self.action_space = probe.observation_space, probe.action_space
@@ -122,13 +123,8 @@ class TRPO:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.strategy = strategy
         self.worker_index, self.num_workers = worker_position(strategy)
-        if self.num_workers > 1 and (cfg.normalize_obs or cfg.normalize_reward
-                                     or cfg.on_non_finite == "skip"):
-            raise ValueError(
-                "with several workers, normalize_obs and normalize_reward must be false (each "
-                "worker's running statistics would differ) and on_non_finite 'stop' (a "
-                "skipped batch on one "
-                "worker would leave the others waiting); both are not supported yet")
+        self.run = RunWriter(self.run_dir, writes=self.worker_index == 0)
+        check_worker_settings(cfg, self.num_workers)
         self.rng = np.random.default_rng(cfg.seed)
         self._predict_rng = np.random.default_rng([cfg.seed, 1])
         self.encoder = ObservationEncoder(self.observation_space)
@@ -141,10 +137,7 @@ class TRPO:
         self.run_id = uuid.uuid4().hex  # names this run in config.json and its checkpoints
         self.skipped_batches = 0
         self._worker: RolloutWorker | None = None
-        self._pending_env_state: dict | None = None
-        self._resumed = False  # set by resume(): learn() then checks and trims the run dir
-        self._newest_at_resume: Path | None = None
-        self._saved_update: int | None = None
+        self._pending_env_state: dict | None = None  # a checkpoint's, for the next worker
         self._overlap = ValueFitOverlap()  # the value fit beside the next rollout
 
     def _build_networks(self) -> None:
@@ -156,15 +149,12 @@ class TRPO:
                         if cfg.normalize_obs and self.encoder.vector_dim else None)
         self.reward_scaler = (RewardScaler(cfg.n_envs, cfg.gamma) if cfg.normalize_reward
                               else None)
-        self.policy_optimizer = natgrad.NaturalGradient(
-            learning_rate=1.0, max_kl=cfg.max_kl, damping=cfg.cg_damping, cg_iters=cfg.cg_iters,
-            line_search_shrink=cfg.line_search_shrink,
-            line_search_max_tries=cfg.line_search_max_tries)
-        self.policy_optimizer.build(self.policy.trainable_variables)
-        self.value_optimizer = keras.optimizers.Adam(learning_rate=cfg.critic_lr,
-                                                     epsilon=cfg.critic_epsilon)
-        self.value_optimizer.build(self.value.trainable_variables)
-        self._update_fns = self._make_update_fns()
+        self.policy_optimizer, self.value_optimizer = make_optimizers(cfg, self.policy,
+                                                                      self.value)
+        self.update_fns: UpdateFunctions = make_update_fns(
+            cfg, self.policy, self.value, self.policy_optimizer, self.value_optimizer,
+            self.encoder.leaf_specs(), action_layout(self.action_space),
+            strategy=self.strategy if self.num_workers > 1 else None)
 
     # Training ---------------------------------------------------------------------------
 
@@ -180,24 +170,19 @@ class TRPO:
           NonFiniteError: with ``on_non_finite="stop"``, after checkpointing the last good state.
         """
         total = self.config.total_steps if total_steps is None else int(total_steps)
-        writes = self._writes_run_dir
-        lock = RunLock(self.run_dir) if writes else contextlib.nullcontext()
-        with lock, StopSignals() as stop:
-            self._claim_run_dir()
+        with self.run.lock(), StopSignals() as stop:
+            self.run.claim(self.run_id, self.config.to_dict(), self.num_timesteps)
             if self.num_workers > 1:
                 check_same_start(self.strategy, self.updates)
-            worker = self._ensure_worker()
-            logger = ProgressLogger(self.run_dir if writes else None)
-            bar = tqdm(total=total, initial=min(self.num_timesteps, total), unit="step",
-                       disable=not progress_bar, dynamic_ncols=True)
+            worker = self.worker
+            logger = ProgressLogger(self.run_dir if self.run.writes else None)
+            bar = ProgressBar(total, self.num_timesteps, enabled=progress_bar)
             try:
                 while self.num_timesteps < total:
                     row = self._update(worker, prefetch=self._may_prefetch(total, stop))
                     self.history.append(row)
                     logger.log(row)
-                    bar.update(min(self.num_timesteps, total) - bar.n)
-                    bar.set_postfix(ret=f"{row['mean_return']:.1f}", kl=f"{row['kl']:.4f}",
-                                    sps=f"{row['steps_per_second']:.0f}")
+                    bar.update(row)
                     if self.updates % self.config.checkpoint_every == 0:
                         self._checkpoint()
                     if stop.signal is not None and self._overlap.pending is None:
@@ -216,62 +201,37 @@ class TRPO:
         return self
 
     def _unwind_prefetch(self, worker: RolloutWorker) -> None:
-        """Undoes a batch collected early that will not be trained on: random state, episode
-        bookkeeping and normalizers as before it; the envs, which moved on, re-seeded."""
+        """Undoes a batch collected early, if one is held (:func:`agents.overlap.undo_prefetch`)."""
         dropped = self._overlap.take()
-        if dropped is None:
-            return
-        self.rng.bit_generator.state = dropped.rng_state
-        load_normalizer_state(self, dropped.normalizers)
-        restore_worker(self, worker, {"sub_envs": None, "worker": dropped.worker_state},
-                       self.config.seed + self.updates)
+        if dropped is not None:
+            undo_prefetch(dropped, rng=self.rng, obs_rms=self.obs_rms,
+                          reward_scaler=self.reward_scaler, worker=worker,
+                          reseed=self.config.seed + self.updates)
 
     def _may_prefetch(self, total: int, stop: StopSignals) -> bool:
-        """Whether the coming update may collect the next batch while its value fit runs
-        (``overlap_value_fit``): not with several workers, nor when a checkpoint or the end
-        follows it (a checkpoint must not hold a batch already collected), nor once a stop
-        was asked for."""
-        checkpoint_follows = (self._writes_run_dir
+        checkpoint_follows = (self.run.writes
                               and (self.updates + 1) % self.config.checkpoint_every == 0)
-        return (self.config.overlap_value_fit and self.num_workers == 1
-                and stop.signal is None and not checkpoint_follows
-                and self.num_timesteps + self.config.batch_size < total)
-
-    @property
-    def _writes_run_dir(self) -> bool:
-        """Whether this process writes ``run_dir``: with several workers, only the chief."""
-        return self.run_dir is not None and self.worker_index == 0
-
-    def _claim_run_dir(self) -> None:
-        """Under the lock: makes ``run_dir`` this run's (or checks it is), clears temp files."""
-        if self._writes_run_dir:
-            claim_run_dir(self.run_dir, self.run_id, self.config.to_dict(),
-                          resumed_at=self.num_timesteps if self._resumed else None,
-                          newest_at_resume=self._newest_at_resume)
-            self._resumed = False
+        return may_prefetch(self.config, num_workers=self.num_workers,
+                            stop_requested=stop.signal is not None,
+                            checkpoint_follows=checkpoint_follows,
+                            num_timesteps=self.num_timesteps, total=total)
 
     def _checkpoint(self) -> Path | None:
         """Saves ``run_dir/checkpoints/update_NNNNNN.ckpt`` unless this update is saved."""
-        if not self._writes_run_dir:
-            return None
-        path = checkpoint_path(self.run_dir, self.updates)
-        if self._saved_update != self.updates:
-            self.save(path)
-            self._saved_update = self.updates
-        return path
+        return self.run.checkpoint(self.updates, self.save)
 
     def _update(self, worker: RolloutWorker, prefetch: bool = False) -> dict:
-        """One TRPO iteration, undone whole (weights, optimizers, normalizers) if a quantity in
-        it is not finite; returns its progress row. With ``prefetch``, the next batch is
-        collected while the value fit runs (:meth:`_iteration`)."""
+        """:meth:`_trpo_iteration`, undone whole (:mod:`agents.rollback`) if a quantity in it
+        is not finite, then stopped or skipped (``on_non_finite``); returns its progress row."""
         start = time.perf_counter()
         pending = self._overlap.take()
-        snapshot = training_snapshot(self, None if pending is None else pending.normalizers)
+        snapshot = Snapshot.take(all_variables(self), self.obs_rms, self.reward_scaler,
+                                 None if pending is None else pending.normalizers)
         try:
-            return self._iteration(worker, pending, prefetch)
+            return self._trpo_iteration(worker, pending, prefetch)
         except NonFiniteError as exc:
             self._unwind_prefetch(worker)  # collected by a policy that is being undone
-            restore_training_snapshot(self, snapshot)
+            snapshot.restore(all_variables(self), self.obs_rms, self.reward_scaler)
             first, last = self.num_timesteps + 1, self.num_timesteps + self.config.batch_size
             message = f"update {self.updates + 1} (env steps {first:,}-{last:,}): {exc}"
             if self.config.on_non_finite == "stop":
@@ -282,15 +242,13 @@ class TRPO:
         self.updates += 1
         self.wall_time += time.perf_counter() - start
         worker.reset(self.config.seed + self.updates)  # the envs may be stuck in a bad state
-        row = dict.fromkeys(PROGRESS_KEYS, float("nan"))
-        row.update(env_steps=self.num_timesteps, wall_time=self.wall_time, accepted=0,
-                   mean_return=worker.mean_return(), skipped_batches=self.skipped_batches)
-        return row
+        return skipped_row(self.num_timesteps, self.wall_time, worker.mean_return(),
+                           self.skipped_batches)
 
-    def _iteration(self, worker: RolloutWorker, pending, prefetch: bool) -> dict:
-        """One TRPO iteration (Algorithm 1); returns its progress row.
+    def _trpo_iteration(self, worker: RolloutWorker, pending, prefetch: bool) -> dict:
+        """One iteration of Algorithm 1 (Schulman et al., 2015); returns its progress row.
 
-        ``pending`` is this update's batch if the previous update collected it
+        ``pending`` is this iteration's batch if the previous one collected it
         (:class:`agents.overlap.Prefetched`). With ``prefetch``, the value fit (step 4) runs on
         a second thread while the next batch is collected with the new policy: the run is
         identical to one without (:mod:`agents.overlap`).
@@ -312,34 +270,23 @@ class TRPO:
         policy_advantages = (normalize_advantages(advantages)  # across workers: in the update
                              if cfg.normalize_advantages and self.num_workers == 1
                              else advantages)
-        update_advantages = _flat(policy_advantages).astype(np.float32)
-        update_returns = _flat(returns).astype(np.float32)
+        update_advantages = flatten_time(policy_advantages).astype(np.float32)
+        update_returns = flatten_time(returns).astype(np.float32)
         check_finite("the return", update_returns, self.num_timesteps, cfg.n_envs)
         check_finite("the advantage", update_advantages, self.num_timesteps, cfg.n_envs)
         critic_order = np.stack([rng.permutation(cfg.batch_size)
                                  for _ in range(cfg.critic_epochs)]).astype(np.int32)
-        # 3 + 4. Natural-gradient policy step and value fit (meanwhile, with prefetch, the next
-        # batch is collected).
-        obs, actions = _flat(rollout.obs), _flat(rollout.actions)
-        fit_args = (obs, update_returns, critic_order)
-        if not cfg.overlap_value_fit:  # one graph: TensorFlow runs the halves side by side
-            stats = self._update_fns.both(obs, actions, update_advantages, update_returns,
-                                          critic_order)
-        else:
-            stats = self._update_fns.policy(obs, actions, update_advantages)
-            if not stats["policy_finite"]:
-                raise NonFiniteError("the policy weights are not finite after the step")
-            if prefetch:
-                stats.update(self._overlap.fit_while_collecting(
-                    lambda: self._update_fns.value(*fit_args),
-                    lambda: worker.collect(self.policy.numpy_params(), cfg.n_steps, rng,
-                                           first_step=self.num_timesteps + cfg.batch_size),
-                    (normalizer_state(self), rng.bit_generator.state, worker.state())))
-            else:
-                stats.update(self._update_fns.value(*fit_args))
-        stats = {k: v.numpy() for k, v in stats.items()}
-        if not stats["policy_finite"]:
-            raise NonFiniteError("the policy weights are not finite after the step")
+        # 3 + 4. Natural-gradient policy step and value fit (with prefetch, the next batch is
+        # collected meanwhile).
+        def collect_next() -> Rollout:  # the next batch, by the policy after this step
+            return worker.collect(self.policy.numpy_params(), cfg.n_steps, rng,
+                                  first_step=self.num_timesteps + cfg.batch_size)
+
+        stats = policy_step_and_value_fit(
+            self.update_fns, self._overlap if cfg.overlap_value_fit else None,
+            flatten_time(rollout.obs), flatten_time(rollout.actions), update_advantages,
+            update_returns, critic_order, worker=worker, rng=rng, obs_rms=self.obs_rms,
+            reward_scaler=self.reward_scaler, collect_next=collect_next if prefetch else None)
         if not (stats["value_finite"] and np.isfinite(stats["value_loss"])):
             raise NonFiniteError(
                 f"the value loss ({stats['value_loss']}) or the value weights are not finite "
@@ -349,49 +296,28 @@ class TRPO:
         self.num_timesteps += cfg.batch_size * self.num_workers
         self.updates += 1
         self.wall_time += elapsed
-        return {
-            "env_steps": self.num_timesteps,
-            "wall_time": self.wall_time,
-            "mean_return": mean_return,
-            "kl": float(stats["kl"]),
-            "entropy": float(stats["entropy"]),
-            "value_loss": float(stats["value_loss"]),
-            "explained_variance": explained_variance(values.ravel(), returns.ravel()),
-            "line_search_tries": int(stats["line_search_tries"]),
-            "accepted": int(stats["accepted"]),
-            "cg_iterations": int(stats["cg_iterations"]),
-            "cg_residual": float(stats["cg_residual"]),
-            "surrogate_improvement": float(stats["loss_before"] - stats["loss_after"]),
-            "steps_per_second": cfg.batch_size * self.num_workers / elapsed,
-            "skipped_batches": self.skipped_batches,
-        }
+        return progress_row(
+            stats, env_steps=self.num_timesteps, wall_time=self.wall_time,
+            mean_return=mean_return,
+            explained_variance=explained_variance(values.ravel(), returns.ravel()),
+            steps_per_second=cfg.batch_size * self.num_workers / elapsed,
+            skipped_batches=self.skipped_batches)
 
     def estimate_advantages(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(values, advantages, returns)``, each ``[T, E]``, of a batch: ``V(s)`` by the
         value network, GAE advantages (unstandardized) that bootstrap ``V(final_obs)`` at
         truncation, and the value targets ``advantages + values``."""
-        value_params = self.value.numpy_params()
-        shape = rollout.rewards.shape
-        values = self.value.numpy_values(value_params, _flat(rollout.obs)).reshape(shape)
-        next_values = self.value.numpy_values(value_params,
-                                              _flat(rollout.bootstrap_obs)).reshape(shape)
-        advantages, returns = compute_gae(rollout.train_rewards, values, next_values,
-                                          rollout.terminated, rollout.truncated,
-                                          self.config.gamma, self.config.gae_lambda)
-        return values, advantages, returns
+        return estimate_batch_advantages(self.value, rollout, self.config.gamma,
+                                         self.config.gae_lambda)
 
-    def _make_update_fns(self) -> UpdateFunctions:
-        return make_update_fns(self.config, self.policy, self.value, self.policy_optimizer,
-                               self.value_optimizer, self.encoder.leaf_specs(),
-                               action_layout(self.action_space),
-                               strategy=self.strategy if self.num_workers > 1 else None)
-
-    def _ensure_worker(self) -> RolloutWorker:
-        """Creates the vector env (restoring a checkpoint's env state if one is pending)."""
+    @property
+    def worker(self) -> RolloutWorker:
+        """The rollout worker: the vector env and the episodes in it, created on first use
+        (then from a checkpoint's env state, when the agent was loaded from one)."""
         if self._worker is not None:
             return self._worker
         cfg = self.config
-        envs = make_vector_env(self._env_factory, cfg.n_envs, cfg.vectorization)
+        envs = make_vector_env(self.env_factory, cfg.n_envs, cfg.vectorization)
         worker = RolloutWorker(envs, self.policy, self.obs_rms, self.encoder,
                                self.reward_scaler)
         pending, self._pending_env_state = self._pending_env_state, None
@@ -399,15 +325,11 @@ class TRPO:
         if pending is None:
             worker.reset(seed)
         else:
-            restore_worker(self, worker, pending, seed + self.updates)
+            worker.restore(pending, seed + self.updates)
         self._worker = worker
         return worker
 
     # Using a trained agent -----------------------------------------------------------------
-
-    def _encode(self, raw_batch):
-        """The networks' input for a batch of raw observations (:mod:`agents.spaces`)."""
-        return self.encoder.encode(raw_batch, self.obs_rms)
 
     def predict(self, obs, deterministic: bool = True) -> np.ndarray:
         """Env-ready actions for one observation or a batch (for a ``Dict`` space, a dict of
@@ -417,7 +339,8 @@ class TRPO:
           ValueError: an observation of another shape, naming the expected one.
         """
         batch, single = self.encoder.as_batch(obs)
-        actions = self.policy.numpy_act(self.policy.numpy_params(), self._encode(batch),
+        actions = self.policy.numpy_act(self.policy.numpy_params(),
+                                        self.encoder.encode(batch, self.obs_rms),
                                         self._predict_rng, deterministic=deterministic)
         actions = env_actions(self.action_space, actions)
         return actions[0] if single else actions
@@ -425,11 +348,17 @@ class TRPO:
     def evaluate(self, episodes: int | None = None, *, seed: int | None = None,
                  max_episode_steps: int | None = None) -> dict:
         """Deterministic-policy returns on a fresh env (unnormalized env rewards); see
-        :func:`agents.evaluation.evaluate_policy`. Defaults: ``config.eval_episodes``,
+        :func:`agents.runs.evaluation.evaluate_policy`. Defaults: ``config.eval_episodes``,
         ``config.seed + 10000``, ``config.eval_max_episode_steps``."""
-        cfg = self.config
+        cfg, params = self.config, self.policy.numpy_params()
+
+        def act(obs):
+            batch = self.encoder.encode(self.encoder.stack([obs]), self.obs_rms)
+            actions = self.policy.numpy_act(params, batch, None, deterministic=True)
+            return env_actions(self.action_space, actions)[0]
+
         return evaluate_policy(
-            self, cfg.eval_episodes if episodes is None else int(episodes),
+            self.env_factory, act, cfg.eval_episodes if episodes is None else int(episodes),
             cfg.seed + EVAL_SEED_OFFSET if seed is None else int(seed),
             cfg.eval_max_episode_steps if max_episode_steps is None else int(max_episode_steps))
 
@@ -437,8 +366,9 @@ class TRPO:
 
     def save(self, path) -> None:
         """Writes the whole agent (weights, optimizers, normalizer, RNG; see
-        :mod:`agents.agent_state`) atomically. Refuses non-finite weights (``ValueError``)."""
-        write_checkpoint(path, *agent_checkpoint(self))
+        :mod:`agents.runs.agent_state`) atomically. Refuses non-finite weights
+        (``ValueError``)."""
+        write_checkpoint(path, *agent_checkpoint(self, self._worker))
 
     @classmethod
     def load(cls, path, *, env=None, run_dir=None, trust_env_state: bool = False,
@@ -449,12 +379,20 @@ class TRPO:
         and ``trust_env_state=True``: pass that only for files you wrote.
 
         Raises:
-          agents.checkpoint.CheckpointError (a ``ValueError``): the file is unreadable,
+          agents.runs.checkpoint.CheckpointError (a ``ValueError``): the file is unreadable,
             corrupt or truncated, from an older natgrad, or for another env than ``env``.
         """
         checkpoint = path if not isinstance(path, (str, Path)) else read_checkpoint(path)
-        return agent_from_checkpoint(cls, checkpoint, env=env, run_dir=run_dir,
-                                     trust_env_state=trust_env_state, strategy=strategy)
+        env, settings = saved_settings(checkpoint, env)
+        try:
+            agent = cls(env, run_dir=run_dir, strategy=strategy, **settings)
+        except TypeError as exc:  # a config field this version does not know
+            raise CheckpointError(f"checkpoint {checkpoint.path}: {exc}") from None
+        agent._pending_env_state = restore_agent(agent, checkpoint,
+                                                 trust_env_state=trust_env_state)
+        agent.run_id = checkpoint.meta.get("run_id") or agent.run_id
+        agent.run.saved_update = agent.updates
+        return agent
 
     @classmethod
     def resume(cls, run_dir, *, env=None, trust_env_state: bool = False,
@@ -462,9 +400,9 @@ class TRPO:
         """The agent of ``run_dir`` at its newest usable checkpoint; ``.learn()`` continues.
 
         Checkpoints that are truncated or corrupt are skipped with a warning (logger
-        ``"agents"``); one from another env or run is refused (:mod:`agents.run_dir`). A run
-        stopped before its first checkpoint restarts from its start, in place. Progress rows
-        written after the checkpoint are dropped when ``learn`` starts.
+        ``"agents"``); one from another env or run is refused (:mod:`agents.runs.run_dir`). A
+        run stopped before its first checkpoint restarts from its start, in place. Progress
+        rows written after the checkpoint are dropped when ``learn`` starts.
 
         Raises:
           RunDirError / CheckpointError (both ``ValueError``): naming what is wrong.
@@ -477,13 +415,7 @@ class TRPO:
                         strategy=strategy, **settings)
             agent.run_id = run_id
         else:
-            agent = agent_from_checkpoint(cls, checkpoint, env=env, run_dir=run_dir,
-                                          trust_env_state=trust_env_state, strategy=strategy)
-        agent._resumed = True
-        agent._newest_at_resume = (list_checkpoints(run_dir) or [None])[0]
+            agent = cls.load(checkpoint, env=env, run_dir=run_dir,
+                             trust_env_state=trust_env_state, strategy=strategy)
+        agent.run.mark_resumed()
         return agent
-
-
-def _flat(x):
-    """``[T, E, ...] -> [T·E, ...]`` (time-major order), leaf by leaf."""
-    return map_obs(lambda a: a.reshape(a.shape[0] * a.shape[1], *a.shape[2:]), x)

@@ -25,8 +25,9 @@ not sit inside graph loops on CPU, so there the value-fit loop is unrolled.
 
 Both are traced without AutoGraph (``autograph=False``): every loop and branch in it,
 natgrad's included, is an explicit ``tf.while_loop``/``tf.cond`` or plain Python on static
-values. AutoGraph's source-to-source conversion of those modules cost ~6 s of tracing per agent
-(of ~6.5 s; measured with ``scripts/profile_trpo.py``), more than all of CartPole's TF updates.
+values. AutoGraph's source-to-source conversion of those modules would cost most of the
+tracing time per agent, more than all of CartPole's TF updates (``scripts/profile_trpo.py``
+measures tracing separately).
 """
 
 from __future__ import annotations
@@ -35,10 +36,27 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
+import keras
 import tensorflow as tf
 
+import natgrad
 from natgrad.distribute import ReplicaMean, replica_context
 from natgrad.structure import all_finite
+
+
+def make_optimizers(cfg, policy, value) -> tuple[natgrad.NaturalGradient,
+                                                   keras.optimizers.Adam]:
+    """The policy's :class:`natgrad.NaturalGradient` (trust region ``max_kl``, damping
+    ``cg_damping``) and the value's Adam, built for their variables."""
+    policy_optimizer = natgrad.NaturalGradient(
+        learning_rate=1.0, max_kl=cfg.max_kl, damping=cfg.cg_damping, cg_iters=cfg.cg_iters,
+        line_search_shrink=cfg.line_search_shrink,
+        line_search_max_tries=cfg.line_search_max_tries)
+    policy_optimizer.build(policy.trainable_variables)
+    value_optimizer = keras.optimizers.Adam(learning_rate=cfg.critic_lr,
+                                            epsilon=cfg.critic_epsilon)
+    value_optimizer.build(value.trainable_variables)
+    return policy_optimizer, value_optimizer
 
 
 def make_update_fns(cfg, policy, value, policy_optimizer, value_optimizer, obs_spec,
@@ -49,12 +67,11 @@ def make_update_fns(cfg, policy, value, policy_optimizer, value_optimizer, obs_s
     scalars.
 
     ``obs_spec`` is ``(shape, dtype)`` of one observation, or a dict of them
-    (:meth:`agents.spaces.ObservationEncoder.leaf_specs`); ``action_spec`` is ``(shape,
-    dtype)`` of one action (:func:`agents.spaces.action_layout`; shape ``()`` for a
+    (:meth:`agents.envs.spaces.ObservationEncoder.leaf_specs`); ``action_spec`` is ``(shape,
+    dtype)`` of one action (:func:`agents.envs.spaces.action_layout`; shape ``()`` for a
     ``Discrete`` index). With a ``strategy``, ``advantages`` are raw (they are standardized
     here, across workers) and every worker passes its own batch."""
     n = cfg.batch_size
-    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
 
     def spec(shape_dtype):
         shape, dtype = shape_dtype
@@ -63,52 +80,9 @@ def make_update_fns(cfg, policy, value, policy_optimizer, value_optimizer, obs_s
     obs_signature = ({k: spec(v) for k, v in obs_spec.items()} if isinstance(obs_spec, dict)
                      else spec(obs_spec))
     action_signature = spec(action_spec)
-    batches_per_epoch = math.ceil(n / cfg.critic_batch_size)
     value_vars = list(value.trainable_variables)
-
-    def policy_step(obs, actions, advantages):
-        old_outputs = tf.nest.map_structure(tf.stop_gradient, policy.outputs(obs))
-        log_prob_old = policy.log_prob(old_outputs, actions)
-
-        def surrogate_loss():
-            ratio = tf.exp(policy.log_prob(policy.outputs(obs), actions) - log_prob_old)
-            return -tf.reduce_mean(ratio * advantages)
-
-        def kl():
-            return policy.distribution.kl(old_outputs, policy.outputs(obs))
-
-        stats = policy_optimizer.minimize(
-            surrogate_loss, policy.trainable_variables, kl_fn=kl,
-            outputs_fn=lambda: policy.outputs(
-                tf.nest.map_structure(lambda x: x[:: cfg.fisher_subsample], obs)),
-            output_distribution=policy.distribution)
-        stats["entropy"] = tf.reduce_mean(policy.entropy(old_outputs))
-        return stats
-
-    def value_loss(obs, returns):
-        return tf.reduce_mean(tf.square(value(obs) - returns))
-
-    def fit_value(obs, returns, critic_order):
-        def minibatch(epoch, b):
-            idx = critic_order[epoch, b * cfg.critic_batch_size:
-                               (b + 1) * cfg.critic_batch_size]
-            with tf.GradientTape() as tape:
-                loss = value_loss(_rows(obs, idx), tf.gather(returns, idx)) / replicas
-            grads = tape.gradient(loss, value_vars)
-            value_optimizer.apply_gradients(zip(grads, value_vars, strict=True))
-
-        if strategy is None:  # one graph loop over every minibatch of every epoch
-            def body(i):
-                minibatch(i // batches_per_epoch, i % batches_per_epoch)
-                return (i + 1,)
-
-            tf.while_loop(lambda i: i < cfg.critic_epochs * batches_per_epoch, body,
-                          (tf.constant(0),))
-        else:  # collectives may not sit in graph loops on CPU: unrolled
-            for epoch in range(cfg.critic_epochs):
-                for b in range(batches_per_epoch):
-                    minibatch(epoch, b)
-        return value_loss(obs, returns)
+    policy_step = _policy_step(cfg, policy, policy_optimizer)
+    fit_value = _value_fit(cfg, value, value_optimizer, strategy)
 
     def standardize(advantages):
         """``(Â − mean) / (std + 1e-8)`` over every worker's batch (population std)."""
@@ -158,12 +132,75 @@ def make_update_fns(cfg, policy, value, policy_optimizer, value_optimizer, obs_s
     return UpdateFunctions(update_policy, update_value, update_both)
 
 
+def _policy_step(cfg, policy, policy_optimizer) -> Callable:
+    """``(obs, actions, advantages) -> statistics``: the natural-gradient step on the
+    surrogate, in the trust region ``KL(π_old‖π_θ) ≤ max_kl``, plus the batch's entropy."""
+
+    def policy_step(obs, actions, advantages):
+        old_outputs = tf.nest.map_structure(tf.stop_gradient, policy.outputs(obs))
+        log_prob_old = policy.log_prob(old_outputs, actions)
+
+        def surrogate_loss():
+            ratio = tf.exp(policy.log_prob(policy.outputs(obs), actions) - log_prob_old)
+            return -tf.reduce_mean(ratio * advantages)
+
+        def kl():
+            return policy.distribution.kl(old_outputs, policy.outputs(obs))
+
+        stats = policy_optimizer.minimize(
+            surrogate_loss, policy.trainable_variables, kl_fn=kl,
+            outputs_fn=lambda: policy.outputs(
+                tf.nest.map_structure(lambda x: x[:: cfg.fisher_subsample], obs)),
+            output_distribution=policy.distribution)
+        stats["entropy"] = tf.reduce_mean(policy.entropy(old_outputs))
+        return stats
+
+    return policy_step
+
+
+def _value_fit(cfg, value, value_optimizer, strategy) -> Callable:
+    """``(obs, returns, critic_order) -> final loss``: ``critic_epochs`` passes of Adam over
+    minibatches of ``mean (V(s) − R̂)²`` in the order given (with a strategy, each replica's
+    loss scaled by ``1 / replicas``, so Keras' summed gradients are the mean)."""
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    batches_per_epoch = math.ceil(cfg.batch_size / cfg.critic_batch_size)
+    value_vars = list(value.trainable_variables)
+
+    def value_loss(obs, returns):
+        return tf.reduce_mean(tf.square(value(obs) - returns))
+
+    def fit_value(obs, returns, critic_order):
+        def minibatch(epoch, b):
+            idx = critic_order[epoch, b * cfg.critic_batch_size:
+                               (b + 1) * cfg.critic_batch_size]
+            with tf.GradientTape() as tape:
+                loss = value_loss(_rows(obs, idx), tf.gather(returns, idx)) / replicas
+            grads = tape.gradient(loss, value_vars)
+            value_optimizer.apply_gradients(zip(grads, value_vars, strict=True))
+
+        if strategy is None:  # one graph loop over every minibatch of every epoch
+            def body(i):
+                minibatch(i // batches_per_epoch, i % batches_per_epoch)
+                return (i + 1,)
+
+            tf.while_loop(lambda i: i < cfg.critic_epochs * batches_per_epoch, body,
+                          (tf.constant(0),))
+        else:  # collectives may not sit in graph loops on CPU: unrolled
+            for epoch in range(cfg.critic_epochs):
+                for b in range(batches_per_epoch):
+                    minibatch(epoch, b)
+        return value_loss(obs, returns)
+
+    return fit_value
+
+
 class UpdateFunctions(NamedTuple):
     """The compiled update, whole and in its two halves. The halves touch disjoint variables,
     so the value fit may run while the next batch is collected (``overlap_value_fit``). Without
     that, ``both`` is used: one graph, in which TensorFlow runs the policy step's and the value
-    fit's independent ops side by side (splitting them cost 1.5 s on CartPole-v1 100k and
-    3.4 s on Hopper-v5 100k). Each is traced on its first call only."""
+    fit's independent ops side by side (splitting them is slower; ``scripts/profile_trpo.py``
+    with and without ``overlap_value_fit`` shows by how much). Each is traced on its first
+    call only."""
 
     policy: Callable  # (obs, actions, advantages) -> step statistics, "policy_finite"
     value: Callable  # (obs, returns, critic_order) -> {"value_loss", "value_finite"}

@@ -80,6 +80,19 @@ def all_reduce(strategy, value: float, op: str) -> float:
     return float(strategy.experimental_local_results(result)[0])
 
 
+def check_worker_settings(cfg, num_workers: int) -> None:
+    """Raises ``ValueError`` for settings several workers do not support yet: running
+    normalizers (each worker's statistics would differ) and ``on_non_finite="skip"`` (a batch
+    skipped on one worker would leave the others waiting)."""
+    if num_workers > 1 and (cfg.normalize_obs or cfg.normalize_reward
+                            or cfg.on_non_finite == "skip"):
+        raise ValueError(
+            "with several workers, normalize_obs and normalize_reward must be false (each "
+            "worker's running statistics would differ) and on_non_finite must be 'stop' (a "
+            "batch skipped on one worker would leave the others waiting): neither is "
+            "supported yet")
+
+
 def check_same_start(strategy, updates: int) -> None:
     """Raises ``RuntimeError`` unless every worker starts training at ``updates`` updates
     (a worker that loaded an older checkpoint would wait forever in a collective)."""
@@ -107,6 +120,27 @@ def cluster_configs(workers: int) -> list[str]:
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
     return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
             for index in range(workers)]
+
+
+def run_cluster(command: list[str], workers: int, *,
+                timeout: float) -> list[tuple[int, str, str]]:
+    """Runs ``command`` as ``workers`` processes on this machine, each with its ``TF_CONFIG``
+    (none for a single process), waits for all of them, and returns each one's ``(exit
+    status, stdout, stderr)`` in worker order. Processes still running after ``timeout``
+    seconds are killed (``subprocess.TimeoutExpired`` is raised)."""
+    envs = ([{**os.environ, TF_CONFIG: config} for config in cluster_configs(workers)]
+            if workers > 1 else [dict(os.environ)])
+    procs = []
+    try:
+        for env in envs:
+            procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
 
 
 def launch(argv: list[str], workers: int, *, timeout: float | None = None) -> int:

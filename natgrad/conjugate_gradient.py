@@ -19,11 +19,13 @@ On the last two it keeps the last good iterate, never returning NaN it made itse
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
 import tensorflow as tf
 
+from natgrad.checks import check_int, check_number
 from natgrad.structure import all_finite, as_dtype, dot
 
 CONVERGED, MAX_ITERS, NEGATIVE_CURVATURE, NON_FINITE = 0, 1, 2, 3
@@ -91,15 +93,16 @@ def conjugate_gradient(
       A :class:`CGResult`.
 
     Raises:
-      ValueError: ``max_iters < 1``, ``tol < 0`` or ``damping < 0`` (Python numbers only;
-        tensors are not checked), or ``x0`` not structured like ``b``.
+      ValueError: ``max_iters`` not an integer ``>= 1``, ``tol`` or ``damping`` not a finite
+        number ``>= 0`` (Python and NumPy numbers only; tensors are not checked), or ``x0``
+        not structured like ``b``.
     """
-    if isinstance(max_iters, int) and max_iters < 1:
-        raise ValueError(f"max_iters must be an integer >= 1; got {max_iters}")
-    if isinstance(tol, (int, float)) and tol < 0:
-        raise ValueError(f"tol must be >= 0; got {tol}")
-    if isinstance(damping, (int, float)) and damping < 0:
-        raise ValueError(f"damping must be >= 0 (it is added to the diagonal); got {damping}")
+    if isinstance(max_iters, numbers.Real):  # tensors are not checked
+        max_iters = check_int("max_iters", max_iters, at_least=1)
+    if isinstance(tol, numbers.Real):
+        check_number("tol", tol, at_least=0)
+    if isinstance(damping, numbers.Real):
+        check_number("damping", damping, at_least=0)
 
     b = tf.nest.map_structure(tf.convert_to_tensor, b)
     dtype = tf.nest.flatten(b)[0].dtype

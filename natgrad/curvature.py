@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from natgrad.checks import check_choice
 from natgrad.structure import (
     as_tf_variables,
     check_variables,
@@ -36,15 +37,6 @@ def _scalar(value, what: str = "fn") -> tf.Tensor:
     if value.shape.rank is None or value.shape.num_elements() != 1 or value.shape.rank > 1:
         raise ValueError(f"{what} must return a scalar tensor; got a tensor of shape {value.shape}")
     return tf.reshape(value, [])
-
-
-def check_method(method: str) -> str:
-    """Raises ``ValueError`` unless ``method`` names a Hessian-vector product method."""
-    if method not in HVP_METHODS:
-        raise ValueError(
-            f"unknown Hessian-vector product method {method!r}; accepted: {', '.join(HVP_METHODS)}"
-        )
-    return method
 
 
 def hessian_vector_product(
@@ -74,7 +66,7 @@ def hessian_vector_product(
       ValueError: bad ``variables`` / ``vector`` structure or shapes, a non-scalar ``fn``, or an
         unknown ``method``.
     """
-    check_method(method)
+    check_choice("method", method, HVP_METHODS)
     variables = check_variables(variables)
     vector = check_vector(variables, vector)
     if method == "forward_over_reverse":

@@ -41,7 +41,16 @@ import math
 import keras
 import tensorflow as tf
 
+from natgrad.checks import check_int
 from natgrad.distribute import check_strategy, replica_context
+from natgrad.keras_adapter import (
+    call_model,
+    compiled_loss,
+    compiled_loss_variables,
+    compiled_loss_weights,
+    install_train_step,
+    loss_tracker,
+)
 from natgrad.keras_losses import (
     SUPPORTED_LOSSES,
     check_losses,
@@ -104,11 +113,6 @@ def _output_names(model) -> list | None:
     return list(names) if names else None
 
 
-def _loss_weights(model):
-    compile_loss = getattr(model, "_compile_loss", None)
-    return getattr(compile_loss, "_user_loss_weights", None)
-
-
 def _check_model(model: keras.Model) -> NaturalGradient:
     optimizer = natural_gradient_of(getattr(model, "optimizer", None))
     if optimizer is None:
@@ -121,7 +125,8 @@ def _check_model(model: keras.Model) -> NaturalGradient:
     outputs = getattr(model, "outputs", None)  # known for functional and Sequential models
     if outputs:
         structure = outputs if len(outputs) > 1 else outputs[0]
-        output_losses(model.loss, _loss_weights(model), structure, _output_names(model))
+        output_losses(model.loss, compiled_loss_weights(model), structure,
+                      _output_names(model))
     return optimizer
 
 
@@ -138,8 +143,7 @@ class _StatelessForward:
         self.trainable = list(model.trainable_variables)
         self.variables = list(model.non_trainable_variables)
         self.start = [tf.identity(v.value) for v in self.variables]
-        compile_loss = getattr(model, "_compile_loss", None)
-        self.metric_variables = list(getattr(compile_loss, "variables", None) or [])
+        self.metric_variables = compiled_loss_variables(model)
         self.kept: list = []
 
     def run(self, fn, *, keep: bool = False):
@@ -163,12 +167,6 @@ class _StatelessForward:
                 variable.assign(value)
 
 
-def _call(model, x, training: bool = True):
-    if getattr(model, "_call_has_training_arg", True):
-        return model(x, training=training)
-    return model(x)
-
-
 def _update_step_metrics(trackers: dict, stats: dict, epoch_start) -> dict:
     """Updates the ``kl`` / ``accepted`` / ``line_search_tries`` epoch means; returns results.
 
@@ -190,6 +188,69 @@ def _update_step_metrics(trackers: dict, stats: dict, epoch_start) -> dict:
     return results
 
 
+def _curvature_batch(optimizer: NaturalGradient, x, state: FitState | None, n_global, *,
+                     distributed: bool):
+    """``(x_curvature, recent, max_kl)``: the inputs curvature products and the KL are measured
+    on, the ring they were topped up from (``None``: not topped up) and the step's KL bound."""
+    x_curvature = _leading_part(x, optimizer.curvature_batch_fraction)
+    reference = state.reference_batch_size if state is not None else 0
+    # Under a strategy each replica would keep its own ring: not yet; the bound still shrinks.
+    recent = (state.recent if reference > 0 and not distributed and state.recent.supports(x)
+              else None)
+    if recent is not None:
+        target = max(1, math.ceil(optimizer.curvature_batch_fraction * reference))
+        x_curvature = top_up(x_curvature, recent, target)
+    max_kl = optimizer.max_kl
+    if max_kl is not None and reference > 0:  # also for inputs the ring cannot keep
+        share = tf.minimum(tf.constant(1.0, tf.float64),
+                           tf.cast(n_global, tf.float64) / reference)
+        max_kl = tf.constant(max_kl, tf.float64) * share
+    return x_curvature, recent, max_kl
+
+
+def _loss_and_outputs_fns(model, forward: _StatelessForward, data, x_curvature, replicas: int):
+    """``(loss_fn, outputs_fn, first_pass)`` for :meth:`NaturalGradient.minimize`.
+
+    ``minimize`` calls ``loss_fn`` first at ``θ₀``: that pass's predictions are kept in
+    ``first_pass["y_pred"]`` for the metrics, and its new non-trainable values (BatchNorm
+    statistics, dropout seeds) are kept for :meth:`_StatelessForward.write_kept`.
+    """
+    x, y, sample_weight = data
+    first_pass = {}
+    variable_dtype = tf.as_dtype(model.trainable_variables[0].dtype)
+
+    def loss_pass():
+        y_pred = call_model(model, x)
+        # Refuses, before Keras computes anything, losses that do not match the outputs.
+        output_losses(model.loss, compiled_loss_weights(model), y_pred, _output_names(model))
+        return y_pred, compiled_loss(model, x, y, y_pred, sample_weight)
+
+    def loss_fn():
+        y_pred, loss = forward.run(loss_pass, keep=not first_pass)
+        first_pass.setdefault("y_pred", y_pred)
+        # In the variables' dtype: Keras computes losses in floatx (float32) for a float64
+        # model, and in float32 under mixed precision (float32 variables) already.
+        return tf.cast(loss, variable_dtype) * replicas
+
+    def outputs_fn():
+        return _float32_outputs(forward.run(lambda: call_model(model, x_curvature)))
+
+    return loss_fn, outputs_fn, first_pass
+
+
+def _logs(model, state: FitState | None, stats: dict, data, y_pred, n) -> dict:
+    """Updates the loss tracker, the compiled metrics (with the predictions before the step)
+    and the step metrics, as Keras' own ``train_step`` does; returns the logs."""
+    x, y, sample_weight = data
+    tracker = loss_tracker(model)
+    epoch_start = tf.equal(tf.convert_to_tensor(tracker.count), 0.0)
+    tracker.update_state(stats["loss_before"], sample_weight=n)
+    logs = model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    if state is not None:
+        logs.update(_update_step_metrics(state.trackers, stats, epoch_start))
+    return logs
+
+
 def natural_gradient_train_step(model: keras.Model, data, state: FitState | None = None) -> dict:
     """One ``fit`` step: a :meth:`NaturalGradient.minimize` call on the batch ``data``.
 
@@ -204,7 +265,8 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
     optimizer = natural_gradient_of(model.optimizer)
     if optimizer is None:  # re-compiled with another optimizer: the hook steps aside
         return type(model).train_step(model, data)
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    data = keras.utils.unpack_x_y_sample_weight(data)
+    x = data[0]
     n = tf.shape(tf.nest.flatten(x)[0])[0]
     # Under tf.distribute (fit in a strategy's scope) this runs once per replica on its shard:
     # minimize averages over the replicas, weighted by shard size, and Keras' losses come
@@ -215,53 +277,18 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
     if not model.trainable_variables:
         # A subclassed model builds its layers on its first call; inference mode changes no
         # state (no BatchNorm update, no dropout seed drawn).
-        _call(model, x, training=False)
+        call_model(model, x, training=False)
     forward = _StatelessForward(model)
-
-    x_curvature = _leading_part(x, optimizer.curvature_batch_fraction)
-    reference = state.reference_batch_size if state is not None else 0
-    # Under a strategy each replica would keep its own ring: not yet; the bound still shrinks.
-    recent = (state.recent if reference > 0 and context is None and state.recent.supports(x)
-              else None)
-    if recent is not None:
-        target = max(1, math.ceil(optimizer.curvature_batch_fraction * reference))
-        x_curvature = top_up(x_curvature, recent, target)
-    max_kl = optimizer.max_kl
-    if max_kl is not None and reference > 0:  # also for inputs the ring cannot keep
-        share = tf.minimum(tf.constant(1.0, tf.float64),
-                           tf.cast(n_global, tf.float64) / reference)
-        max_kl = tf.constant(max_kl, tf.float64) * share
-
-    first_pass = {}
-    variable_dtype = tf.as_dtype(model.trainable_variables[0].dtype)
-
-    def loss_fn():
-        # minimize calls loss_fn first at θ₀: that pass's predictions feed the metrics and
-        # its new non-trainable values (BatchNorm statistics, dropout seeds) are written back.
-        def loss_pass():
-            y_pred = _call(model, x)
-            # Refuses, before Keras computes anything, losses that do not match the outputs.
-            output_losses(model.loss, _loss_weights(model), y_pred, _output_names(model))
-            loss = model._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            return y_pred, loss
-
-        y_pred, loss = forward.run(loss_pass, keep=not first_pass)
-        first_pass.setdefault("y_pred", y_pred)
-        # In the variables' dtype: Keras computes losses in floatx (float32) for a float64
-        # model, and in float32 under mixed precision (float32 variables) already.
-        return tf.cast(loss, variable_dtype) * replicas
-
-    def outputs_fn():
-        return _float32_outputs(forward.run(lambda: _call(model, x_curvature)))
-
+    x_curvature, recent, max_kl = _curvature_batch(optimizer, x, state, n_global,
+                                                   distributed=context is not None)
+    loss_fn, outputs_fn, first_pass = _loss_and_outputs_fns(model, forward, data, x_curvature,
+                                                            replicas)
     stats = optimizer.minimize(
         loss_fn,
         model.trainable_variables,
         outputs_fn=outputs_fn,
         output_distribution=compiled_output_distribution(
-            model.loss, _loss_weights(model), _output_names(model)
+            model.loss, compiled_loss_weights(model), _output_names(model)
         ),
         max_kl=max_kl,
         replica_weight=None if context is None else n,
@@ -270,12 +297,7 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
     if recent is not None:
         # A batch whose loss is not finite (NaN inputs) would poison later curvature: skipped.
         recent.add(x, enabled=tf.math.is_finite(stats["loss_before"]))
-    epoch_start = tf.equal(tf.convert_to_tensor(model._loss_tracker.count), 0.0)
-    model._loss_tracker.update_state(stats["loss_before"], sample_weight=n)
-    logs = model.compute_metrics(x, y, first_pass["y_pred"], sample_weight=sample_weight)
-    if state is not None:
-        logs.update(_update_step_metrics(state.trackers, stats, epoch_start))
-    return logs
+    return _logs(model, state, stats, data, first_pass["y_pred"], n)
 
 
 def enable_natural_gradient(model: keras.Model, *, reference_batch_size: int = 128) -> keras.Model:
@@ -303,14 +325,7 @@ def enable_natural_gradient(model: keras.Model, *, reference_batch_size: int = 1
         model lives in a ``tf.distribute`` strategy other than ``MirroredStrategy`` or
         ``MultiWorkerMirroredStrategy`` (see :mod:`natgrad.distribute`).
     """
-    if (
-        not isinstance(reference_batch_size, int)
-        or isinstance(reference_batch_size, bool)
-        or reference_batch_size < 0
-    ):
-        raise ValueError(
-            f"reference_batch_size must be an integer >= 0; got {reference_batch_size!r}"
-        )
+    reference_batch_size = check_int("reference_batch_size", reference_batch_size, at_least=0)
     _check_model(model)
     check_strategy(model.distribute_strategy)
     state = FitState.create(reference_batch_size)
@@ -318,8 +333,7 @@ def enable_natural_gradient(model: keras.Model, *, reference_batch_size: int = 1
     def train_step(data):
         return natural_gradient_train_step(model, data, state)
 
-    model.train_step = train_step
-    model.train_function = None  # rebuilt with the new train_step on the next fit()
+    install_train_step(model, train_step)
     return model
 
 

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
 
+from natgrad.checks import check_choice, check_int, check_number
 from natgrad.conjugate_gradient import NON_FINITE, conjugate_gradient
-from natgrad.curvature import check_method, hessian_vector_product, linearize_gauss_newton
+from natgrad.curvature import HVP_METHODS
 from natgrad.distribute import ReplicaMean, check_strategy, replica_context
 from natgrad.distributions import OutputDistribution
+from natgrad.step_closures import CURVATURES, linearize_curvature, step_closures, step_max_kl
 from natgrad.structure import all_finite, as_tf_variables, check_variables, dot, zeros_if_none
 from natgrad.trust_region import (
     backtracking_line_search,
     levenberg_marquardt_damping,
+    reduction_ratio,
     trust_region_step_size,
 )
 
-CURVATURES = ("fisher", "gauss_newton", "hessian")
 _UNSUPPORTED_BASE_KWARGS = (
     "weight_decay",
     "clipnorm",
@@ -30,18 +33,6 @@ _UNSUPPORTED_BASE_KWARGS = (
     "loss_scale_factor",
     "gradient_accumulation_steps",
 )
-
-
-def _positive(name: str, value, *, allow_zero: bool = False, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be a number {bound}{extra}; got {value!r}")
-    return value
 
 
 @keras.saving.register_keras_serializable(package="natgrad")
@@ -119,52 +110,31 @@ class NaturalGradient(keras.optimizers.Optimizer):
                 )
             kwargs.pop(key, None)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if curvature not in CURVATURES:
-            raise ValueError(
-                f"unknown curvature {curvature!r}; accepted: {', '.join(CURVATURES)}"
-            )
-        if isinstance(learning_rate, (int, float)):
-            _positive("learning_rate", learning_rate)
-        _positive("damping", damping, allow_zero=True)
-        if not 0.0 < damping_decay < 1.0:
-            raise ValueError(f"damping_decay must be in (0, 1); got {damping_decay!r}")
-        _positive("min_damping", min_damping, allow_zero=True)
-        if not max_damping >= min_damping:
-            raise ValueError(
-                f"max_damping ({max_damping}) must be >= min_damping ({min_damping})"
-            )
-        if not isinstance(cg_iters, int) or isinstance(cg_iters, bool) or cg_iters < 1:
-            raise ValueError(f"cg_iters must be an integer >= 1; got {cg_iters!r}")
-        _positive("cg_tol", cg_tol, allow_zero=True)
-        _positive("max_kl", max_kl, allow_none=True)
-        if not 0.0 < line_search_shrink < 1.0:
-            raise ValueError(f"line_search_shrink must be in (0, 1); got {line_search_shrink!r}")
-        if (
-            not isinstance(line_search_max_tries, int)
-            or isinstance(line_search_max_tries, bool)
-            or line_search_max_tries < 0
-        ):
-            raise ValueError(
-                f"line_search_max_tries must be an integer >= 0; got {line_search_max_tries!r}"
-            )
-        if not 0.0 < curvature_batch_fraction <= 1.0:
-            raise ValueError(
-                f"curvature_batch_fraction must be in (0, 1]; got {curvature_batch_fraction!r}"
-            )
-        check_method(hvp_method)
-        self.curvature = curvature
-        self.initial_damping = float(damping)
+        self.curvature = check_choice("curvature", curvature, CURVATURES)
+        if isinstance(learning_rate, numbers.Real):  # else a schedule, checked by Keras
+            check_number("learning_rate", learning_rate, greater_than=0)
+        self.initial_damping = check_number("damping", damping, at_least=0)
         self.adaptive_damping = bool(adaptive_damping)
-        self.damping_decay = float(damping_decay)
-        self.min_damping = float(min_damping)
-        self.max_damping = float(max_damping)
-        self.cg_iters = cg_iters
-        self.cg_tol = float(cg_tol)
-        self.max_kl = None if max_kl is None else float(max_kl)
-        self.line_search_shrink = float(line_search_shrink)
-        self.line_search_max_tries = line_search_max_tries
-        self.curvature_batch_fraction = float(curvature_batch_fraction)
-        self.hvp_method = hvp_method
+        self.damping_decay = check_number(
+            "damping_decay", damping_decay, greater_than=0, less_than=1
+        )
+        self.min_damping = check_number("min_damping", min_damping, at_least=0)
+        self.max_damping = check_number(
+            "max_damping", max_damping, at_least=self.min_damping, finite=False
+        )
+        self.cg_iters = check_int("cg_iters", cg_iters, at_least=1)
+        self.cg_tol = check_number("cg_tol", cg_tol, at_least=0)
+        self.max_kl = check_number("max_kl", max_kl, greater_than=0, allow_none=True)
+        self.line_search_shrink = check_number(
+            "line_search_shrink", line_search_shrink, greater_than=0, less_than=1
+        )
+        self.line_search_max_tries = check_int(
+            "line_search_max_tries", line_search_max_tries, at_least=0
+        )
+        self.curvature_batch_fraction = check_number(
+            "curvature_batch_fraction", curvature_batch_fraction, greater_than=0, at_most=1
+        )
+        self.hvp_method = check_choice("hvp_method", hvp_method, HVP_METHODS)
 
     # Keras optimizer protocol ------------------------------------------------------------
 
@@ -222,7 +192,7 @@ class NaturalGradient(keras.optimizers.Optimizer):
 
     # The step ---------------------------------------------------------------------------
 
-    def curvature_product(
+    def curvature_operator(
         self,
         loss_fn: Callable[[], tf.Tensor],
         variables: Sequence,
@@ -231,41 +201,27 @@ class NaturalGradient(keras.optimizers.Optimizer):
         outputs_fn: Callable[[], object] | None = None,
         output_distribution: OutputDistribution | None = None,
     ) -> Callable:
-        """The matvec ``v -> C v`` this optimizer's ``curvature`` setting asks for.
+        """The operator ``v -> C v`` this optimizer's ``curvature`` setting asks for.
 
         ``"hessian"``: Hessian of ``loss_fn``. ``"fisher"`` / ``"gauss_newton"``: ``Jᵀ H_out J v``
         from ``outputs_fn`` and ``output_distribution.fisher_vector_product`` if both are given
         (linearized once, see :func:`natgrad.gauss_newton_operator`),
         else (``"fisher"`` only) the Hessian of ``kl_fn`` at the current variables.
         """
-        return self._curvature(
-            loss_fn, variables, kl_fn=kl_fn, outputs_fn=outputs_fn,
-            output_distribution=output_distribution,
-        )[0]
+        return linearize_curvature(
+            self.curvature, loss_fn, variables, kl_fn=kl_fn, outputs_fn=outputs_fn,
+            output_distribution=output_distribution, hvp_method=self.hvp_method,
+        )[1]
 
-    def _curvature(self, loss_fn, variables, *, kl_fn, outputs_fn, output_distribution):
-        """``(matvec, outputs)``; ``outputs`` are the linearized model outputs, or ``None``."""
-        if self.curvature == "hessian":
-            return (lambda v: hessian_vector_product(loss_fn, variables, v,
-                                                     method=self.hvp_method)), None
-        if outputs_fn is not None and output_distribution is not None:
-            outputs, matvec = linearize_gauss_newton(
-                outputs_fn, variables, output_distribution.fisher_vector_product
-            )
-            return matvec, outputs
-        if self.curvature == "fisher" and kl_fn is not None:
-            return (lambda v: hessian_vector_product(kl_fn, variables, v,
-                                                     method=self.hvp_method)), None
-        given = [name for name, value in (("outputs_fn", outputs_fn),
-                                          ("output_distribution", output_distribution),
-                                          ("kl_fn", kl_fn)) if value is not None]
-        raise ValueError(
-            f"curvature={self.curvature!r} needs outputs_fn and output_distribution (a "
-            "natgrad.distributions.OutputDistribution) together"
-            + (", or a kl_fn whose Hessian is the Fisher" if self.curvature == "fisher" else "")
-            + ", or an explicit curvature_vector_product; got "
-            + (" and ".join(given) if given else "none of them")
-        )
+    def _build_for_step(self, variables: list, *, distributed: bool) -> None:
+        """Builds the optimizer on its first step; under ``tf.distribute`` that is too late."""
+        if self.built:
+            return
+        if distributed:
+            raise ValueError(
+                "under a tf.distribute strategy, build the optimizer before the step, in "
+                "the strategy's scope: optimizer.build(model.trainable_variables)")
+        self.build(variables)
 
     def minimize(
         self,
@@ -320,61 +276,18 @@ class NaturalGradient(keras.optimizers.Optimizer):
         check_strategy()
         mean = ReplicaMean(replica_context(), replica_weight)
         variables = check_variables(var_list)
-        if self.max_kl is None or max_kl is None:
-            max_kl = self.max_kl
-        can_measure_kl = kl_fn is not None or (
-            outputs_fn is not None and output_distribution is not None
+        max_kl = step_max_kl(self.max_kl, max_kl, kl_fn=kl_fn, outputs_fn=outputs_fn,
+                             output_distribution=output_distribution)
+        self._build_for_step(variables, distributed=mean.active)
+        matvec, kl_fn = step_closures(
+            self.curvature, loss_fn, variables, kl_fn=kl_fn, outputs_fn=outputs_fn,
+            output_distribution=output_distribution,
+            curvature_vector_product=curvature_vector_product, hvp_method=self.hvp_method,
+            mean=mean,
         )
-        if max_kl is not None and not can_measure_kl:
-            raise ValueError(
-                "max_kl is set, so the line search must measure the KL: pass kl_fn, or "
-                "outputs_fn and output_distribution"
-            )
-        if not self.built:
-            if mean.active:
-                raise ValueError(
-                    "under a tf.distribute strategy, build the optimizer before the step, in "
-                    "the strategy's scope: optimizer.build(model.trainable_variables)")
-            self.build(variables)
-        if curvature_vector_product is not None:
-            matvec, linearized_outputs = curvature_vector_product, None
-        else:
-            matvec, linearized_outputs = self._curvature(
-                loss_fn,
-                variables,
-                kl_fn=kl_fn,
-                outputs_fn=outputs_fn,
-                output_distribution=output_distribution,
-            )
-        if kl_fn is None and outputs_fn is not None and output_distribution is not None:
-            # The linearization already ran the model at θ₀: reuse its outputs.
-            old_outputs = (
-                linearized_outputs
-                if linearized_outputs is not None
-                else tf.nest.map_structure(tf.stop_gradient, outputs_fn())
-            )
 
-            def kl_fn():
-                return output_distribution.kl(old_outputs, outputs_fn())
-
-        if mean.active:  # every data-derived quantity averaged over the replicas
-            local_matvec = matvec
-
-            def matvec(v):
-                return mean(local_matvec(v))
-
-        with tf.GradientTape() as tape:
-            loss_before = tf.convert_to_tensor(loss_fn())
-        if loss_before.shape.rank != 0:
-            raise ValueError(f"loss_fn must return a scalar; got shape {loss_before.shape}")
-        grads = tape.gradient(loss_before, variables)
-        grads = [tf.convert_to_tensor(g) for g in zeros_if_none(grads, variables)]
-        loss_before, grads = mean((loss_before, grads))
+        loss_before, grads, finite_gradient = _loss_and_gradient(loss_fn, variables, mean)
         dtype = loss_before.dtype
-        finite_gradient = all_finite(loss_before, grads)
-        # Zeros instead of NaN keep CG quiet; the step is rejected below anyway.
-        grads = [tf.where(finite_gradient, g, tf.zeros_like(g)) for g in grads]
-
         damping = tf.cast(self._damping, dtype)
         solve = conjugate_gradient(
             matvec, grads, max_iters=self.cg_iters, tol=self.cg_tol, damping=damping,
@@ -389,59 +302,62 @@ class NaturalGradient(keras.optimizers.Optimizer):
             scale, size_ok = learning_rate, tf.constant(True)
         step = [tf.cast(scale, d.dtype) * d for d in direction]
         valid = finite_gradient & size_ok & (solve.status != NON_FINITE)
+        nan = tf.constant(float("nan"), dtype)
 
         def evaluate():
             loss = loss_fn()
-            kl = kl_fn() if kl_fn is not None else tf.constant(float("nan"), dtype)
+            kl = kl_fn() if kl_fn is not None else nan
             return mean((loss, tf.cast(kl, loss.dtype)))
 
         search = backtracking_line_search(
-            as_tf_variables(variables),
-            step,
-            evaluate,
-            loss_before=loss_before,
-            max_kl=max_kl,
-            shrink=self.line_search_shrink,
-            max_tries=self.line_search_max_tries,
-            enabled=valid,
+            as_tf_variables(variables), step, evaluate, loss_before=loss_before, max_kl=max_kl,
+            shrink=self.line_search_shrink, max_tries=self.line_search_max_tries, enabled=valid,
             unroll=mean.active,
         )
-
-        # Quadratic model q(Δ) = gᵀΔ + ½ΔᵀCΔ at the taken step Δ = −f·scale·s, where
-        # sᵀCs = sᵀ(C + λI)s − λ‖s‖².
+        # The taken step is Δ = −fraction·s; ρ compares the loss change with the quadratic model.
         fraction = search.fraction * scale
-        s_dot_cs = solve.x_dot_ax - damping * dot(direction, direction)
-        predicted = -fraction * dot(grads, direction) + 0.5 * fraction**2 * s_dot_cs
-        actual = search.loss - loss_before
-        reduction_ratio = actual / tf.where(predicted == 0.0, tf.ones_like(predicted), predicted)
-
+        ratio = reduction_ratio(search.loss - loss_before, grads, direction, solve.x_dot_ax,
+                                damping, fraction)
         if self.adaptive_damping:
-            self._damping.assign(
-                tf.cast(
-                    levenberg_marquardt_damping(
-                        damping,
-                        reduction_ratio,
-                        search.accepted,
-                        decay=self.damping_decay,
-                        min_damping=self.min_damping,
-                        max_damping=self.max_damping,
-                    ),
-                    self._damping.dtype,
-                )
-            )
+            self._damping.assign(tf.cast(
+                levenberg_marquardt_damping(
+                    damping, ratio, search.accepted, decay=self.damping_decay,
+                    min_damping=self.min_damping, max_damping=self.max_damping,
+                ),
+                self._damping.dtype,
+            ))
         self.iterations.assign_add(1)
-        step_norm = fraction * tf.sqrt(dot(direction, direction))
         return {
             "loss_before": loss_before,
             "loss_after": search.loss,
-            "kl": search.kl if kl_fn is not None else tf.constant(float("nan"), dtype),
+            "kl": search.kl if kl_fn is not None else nan,
             "accepted": search.accepted,
             "line_search_tries": search.tries,
             "step_fraction": search.fraction,
-            "step_norm": step_norm,
+            "step_norm": fraction * tf.sqrt(dot(direction, direction)),
             "cg_iterations": solve.iterations,
             "cg_residual": solve.residual_norm,
             "cg_status": solve.status,
             "damping": damping,
-            "reduction_ratio": reduction_ratio,
+            "reduction_ratio": ratio,
         }
+
+
+def _loss_and_gradient(loss_fn, variables: list, mean: ReplicaMean) -> tuple:
+    """``(L(θ₀), ∇L(θ₀), finite)``, averaged over replicas; a non-finite loss or gradient gives
+    ``finite`` false and a zero gradient (zeros instead of NaN keep CG quiet; the step is
+    rejected anyway).
+
+    Raises:
+      ValueError: ``loss_fn`` returns a non-scalar.
+    """
+    with tf.GradientTape() as tape:
+        loss = tf.convert_to_tensor(loss_fn())
+    if loss.shape.rank != 0:
+        raise ValueError(f"loss_fn must return a scalar; got shape {loss.shape}")
+    grads = tape.gradient(loss, variables)
+    grads = [tf.convert_to_tensor(g) for g in zeros_if_none(grads, variables)]
+    loss, grads = mean((loss, grads))
+    finite = all_finite(loss, grads)
+    grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+    return loss, grads, finite

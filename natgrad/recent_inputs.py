@@ -2,16 +2,19 @@
 
 A KL trust region measured on ``n`` samples bounds the change of the model on those ``n``
 samples only; with the 5-sample last batch of an epoch, the rest of the data is unconstrained
-(see ``/work/shared/ANCHORS.md``, "Natural gradient on small minibatches"). ``model.fit`` keeps
-the last ``capacity`` training inputs in non-trainable ``tf.Variable``s and tops a small batch
-up with them for the curvature products and the line search's KL (Hessian-free optimization
-likewise measures curvature and the accepted step on more data than the gradient's batch).
-Only inputs are kept: the Fisher and the KL of the supported losses do not depend on labels.
+(``scripts/keras_step_safety.py`` measures how much one such step can raise the loss on the
+whole training set). ``model.fit`` keeps the last ``capacity`` training inputs in
+non-trainable ``tf.Variable``s and tops a small batch up with them for the curvature products
+and the line search's KL (Hessian-free optimization likewise measures curvature and the
+accepted step on more data than the gradient's batch). Only inputs are kept: the Fisher and the
+KL of the supported losses do not depend on labels.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+
+from natgrad.checks import check_int
 
 
 class RecentInputs:
@@ -25,9 +28,7 @@ class RecentInputs:
     """
 
     def __init__(self, capacity: int):
-        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 0:
-            raise ValueError(f"capacity must be an integer >= 0; got {capacity!r}")
-        self.capacity = capacity
+        self.capacity = check_int("capacity", capacity, at_least=0)
         self._buffers: list[tf.Variable] | None = None
         self._count: tf.Variable | None = None
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from natgrad.structure import as_dtype
+from natgrad.structure import as_dtype, dot
 
 
 def trust_region_step_size(max_kl, s_dot_fs) -> tuple[tf.Tensor, tf.Tensor]:
@@ -139,6 +139,26 @@ def _unrolled_loop(variables, body, state, enabled, tries_cap) -> tuple:
             v.assign(tf.where(active, v, kept))
         state = tuple(tf.where(active, b, a) for a, b in zip(state, new, strict=True))
     return state
+
+
+def reduction_ratio(
+    actual_change: tf.Tensor,
+    gradient: Sequence,
+    direction: Sequence,
+    s_dot_damped_cs: tf.Tensor,
+    damping: tf.Tensor,
+    fraction: tf.Tensor,
+) -> tf.Tensor:
+    """``ρ = actual_change / q(Δ)``: the loss change against the quadratic model's prediction.
+
+    For the taken step ``Δ = −fraction·s`` along the solved direction ``s``, the model is
+    ``q(Δ) = gᵀΔ + ½ΔᵀCΔ`` with ``sᵀCs = sᵀ(C + λI)s − λ‖s‖²`` (``s_dot_damped_cs`` is
+    ``sᵀ(C + λI)s``, ``damping`` is ``λ``). Where ``q(Δ) = 0`` (no step) ``ρ`` is
+    ``actual_change`` itself.
+    """
+    s_dot_cs = s_dot_damped_cs - damping * dot(direction, direction)
+    predicted = -fraction * dot(gradient, direction) + 0.5 * fraction**2 * s_dot_cs
+    return actual_change / tf.where(predicted == 0.0, tf.ones_like(predicted), predicted)
 
 
 def levenberg_marquardt_damping(

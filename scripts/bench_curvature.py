@@ -26,20 +26,19 @@ float64 parameters, with CG's error relative to the dense solution.
 
 Usage::
 
-    python scripts/bench_curvature.py                  # full run, < 3 min on 2 CPU cores
-    python scripts/bench_curvature.py --quick          # smoke run, well under a minute
+    python scripts/bench_curvature.py                  # full run
+    python scripts/bench_curvature.py --quick          # smoke run: small policy, fewer repeats
     python scripts/bench_curvature.py --out results.json --repeats 9
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -49,6 +48,9 @@ import tensorflow as tf  # noqa: E402
 
 import natgrad  # noqa: E402
 from natgrad import distributions  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, also under -m
+import bench_common  # noqa: E402
 
 TARGET_RATIO = 1.4
 PRODUCTS = ("hvp_reverse_over_reverse", "hvp_forward_over_reverse", "fvp_gauss_newton",
@@ -118,14 +120,6 @@ def paired_ratio(samples: list[float], reference: list[float]) -> float:
 
 
 # Part 1: curvature products vs a gradient -------------------------------------------------------
-
-
-def build_mlp(in_dim: int, hidden: tuple, out_dim: int, dtype: str, seed: int) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    layers = [keras.Input((in_dim,), dtype=dtype)]
-    layers += [keras.layers.Dense(h, activation="tanh", dtype=dtype) for h in hidden]
-    layers.append(keras.layers.Dense(out_dim, dtype=dtype))
-    return keras.Sequential(layers)
 
 
 def _sum_all(tensors) -> tf.Tensor:
@@ -220,7 +214,7 @@ def bench_policies(repeats: int, min_seconds: float, quick: bool, use_xla: bool)
     rows = []
     policies = POLICIES[:1] if quick else POLICIES
     for name, in_dim, hidden, out_dim, batch in policies:
-        model = build_mlp(in_dim, hidden, out_dim, "float32", seed=0)
+        model = bench_common.tanh_mlp(in_dim, hidden, out_dim, seed=0)
         rng = np.random.default_rng(0)
         x = tf.constant(rng.standard_normal((batch, in_dim)), tf.float32)
         old_logits = tf.constant(model(x))  # TRPO: the Fisher is taken at θ = θ_old
@@ -291,7 +285,7 @@ def bench_cg(repeats: int, min_seconds: float, quick: bool) -> list[dict]:
     rows = []
     problems = CG_PROBLEMS[:2] if quick else CG_PROBLEMS
     for approx, in_dim, hidden, out_dim, batch in problems:
-        model = build_mlp(in_dim, hidden, out_dim, "float64", seed=1)
+        model = bench_common.tanh_mlp(in_dim, hidden, out_dim, seed=1, dtype="float64")
         variables = model.trainable_variables
         n = int(sum(np.prod(v.shape) for v in variables))
         rng = np.random.default_rng(1)
@@ -324,38 +318,6 @@ def bench_cg(repeats: int, min_seconds: float, quick: bool) -> list[dict]:
 
 
 # Report ----------------------------------------------------------------------------------------
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    """Plain-text table: numbers right-aligned, text left-aligned."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    numeric = [all(_is_number(r[i]) for r in rows) for i in range(len(headers))]
-    lines = ["  ".join(h.rjust(w) if num else h.ljust(w)
-                       for h, w, num in zip(headers, widths, numeric, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append("  ".join(c.rjust(w) if num else c.ljust(w)
-                               for c, w, num in zip(r, widths, numeric, strict=True)))
-    return "\n".join(lines).rstrip()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _load_average() -> float | None:
@@ -414,7 +376,7 @@ def main(argv=None) -> int:
               "and ratios are noisier than usual")
     print("\nPart 1: products of the batch-mean categorical KL, ratio to one gradient in the "
           "same mode")
-    print(format_table(
+    print(bench_common.format_table(
         ["policy", "mode", "method", "params", "batch", "ms", "x gradient"],
         [[r["policy"], r["mode"], r["method"], str(r["params"]), str(r["batch"]),
           f"{r['ms']:.3f}", f"{r['ratio_to_gradient']:.2f}"] for r in timed]))
@@ -429,7 +391,7 @@ def main(argv=None) -> int:
 
     print(f"\nPart 2: CG ({CG_ITERS} iterations, HVP matvec) vs dense Hessian + solve, "
           f"float64, damping {CG_DAMPING}")
-    print(format_table(
+    print(bench_common.format_table(
         ["params", "layers", "batch", "cg ms", "dense ms", "dense / cg", "cg rel err"],
         [[str(r["params"]), r["layers"], str(r["batch"]), f"{r['cg_ms']:.2f}",
           f"{r['dense_ms']:.2f}", f"{r['dense_over_cg']:.1f}", f"{r['cg_rel_error']:.2e}"]
@@ -452,13 +414,8 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - wall_start
     results = {
         "machine": {
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "natgrad": natgrad.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "processor": _cpu_model(),
-            "cpu_count": os.cpu_count(),
+            **bench_common.machine(libraries=("tensorflow", "keras", "natgrad"),
+                                   cpus_key="cpu_count"),
             "xla": use_xla,
             "xla_error": xla_error or None,
             "load_average_1min_before": load_before,
@@ -480,11 +437,7 @@ def main(argv=None) -> int:
         "wall_seconds": wall,
         "part_seconds": {"products": part1_seconds, "cg_vs_dense": part2_seconds},
     }
-    out_dir = os.path.dirname(args.out)
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    bench_common.write_json(args.out, results)
     print(f"\nwrote {args.out}; {wall:.1f} s after imports (part 1 {part1_seconds:.1f} s, "
           f"part 2 {part2_seconds:.1f} s)")
     return 0

@@ -22,9 +22,9 @@ each run's ``progress.csv``.
 
 Usage::
 
-    python scripts/bench_distributed.py                 # ~1-2 min on 2 cores
-    python scripts/bench_distributed.py --trpo 20000    # + ~2 min
-    python scripts/bench_distributed.py --batch 2048 --out-json /tmp/dist.json
+    python scripts/bench_distributed.py
+    python scripts/bench_distributed.py --trpo 20000
+    python scripts/bench_distributed.py --batch 2048 --out-json bench_results/distributed_2048.json
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, also under -m
+import bench_common  # noqa: E402
 
 CG_ITERS, TRIES = 10, 10
 
@@ -47,7 +49,6 @@ def measure(batch: int, repeats: int) -> dict:
     from agents.workers import strategy_from_environment
 
     strategy = strategy_from_environment()
-    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -62,10 +63,7 @@ def measure(batch: int, repeats: int) -> dict:
     advantages = tf.constant(rng.normal(size=local), tf.float32)
 
     def build():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((17,)), keras.layers.Dense(64, activation="tanh"),
-                                  keras.layers.Dense(64, activation="tanh"),
-                                  keras.layers.Dense(6)])
+        model = bench_common.tanh_mlp(17, (64, 64), 6, seed=0)
         optimizer = natgrad.NaturalGradient(max_kl=1e-9, cg_iters=CG_ITERS,
                                             line_search_max_tries=TRIES, damping=0.1)
         optimizer.build(model.trainable_variables)
@@ -103,14 +101,11 @@ def measure(batch: int, repeats: int) -> dict:
         reduce_fn = tf.function(lambda: strategy.run(all_reduce))
 
     def median_seconds(fn) -> float:
-        fn()  # warm-up: tracing
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            result = fn()
-            tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, result)
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
+        def call_and_wait():
+            tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, fn())
+
+        call_and_wait()  # warm-up: tracing
+        return bench_common.median_seconds(call_and_wait, repeats=repeats)
 
     result = {"workers": workers, "worker": index, "local_batch": local, "params": params,
               "step_s": median_seconds(step_fn)}
@@ -121,31 +116,17 @@ def measure(batch: int, repeats: int) -> dict:
 
 
 def run_cluster(workers: int, batch: int, repeats: int) -> dict:
-    """Runs ``measure`` in ``workers`` processes (1: a plain process); the chief's result."""
-    argv = [sys.executable, __file__, "--measure", "--batch", str(batch),
-            "--repeats", str(repeats)]
-    if workers == 1:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-        if done.returncode:
-            raise RuntimeError(done.stderr[-2000:])
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    from agents.workers import cluster_configs
+    """Runs ``measure`` in ``workers`` processes, each with its ``TF_CONFIG`` (1: a plain
+    process); returns the chief's result."""
+    from agents.workers import run_cluster
 
-    procs = []
-    try:
-        for tf_config in cluster_configs(workers):
-            procs.append(subprocess.Popen(argv, env={**os.environ, "TF_CONFIG": tf_config},
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True))
-        outputs = [p.communicate(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        if p.returncode:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--measure", "--batch", str(batch),
+            "--repeats", str(repeats)]
+    results = run_cluster(argv, workers, timeout=600)
+    for code, _, err in results:
+        if code:
             raise RuntimeError(err[-2000:])
-    return json.loads(outputs[0][0].strip().splitlines()[-1])
+    return json.loads(results[0][1].strip().splitlines()[-1])
 
 
 def time_trpo(steps: int, workers: int, out: Path) -> dict:
@@ -183,37 +164,35 @@ def main() -> int:
     double = run_cluster(2, args.batch, args.repeats)
     collectives = double["collectives_per_step"]
     communication = collectives * double["all_reduce_s"]
+    machine = bench_common.machine()
     print(f"natural-gradient step, global batch {args.batch}, {single['params']:,} parameters, "
           f"CG {CG_ITERS} iterations, {TRIES} line-search trials; "
-          f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})\n")
-    print("| setup | local batch | step | all-reduces per step | one all-reduce "
-          "| all-reduce share of the step |")
-    print("|---|---|---|---|---|---|")
-    print(f"| 1 process | {single['local_batch']} | {1e3 * single['step_s']:.1f} ms | 0 | - "
-          "| - |")
-    print(f"| 2 workers (localhost, MultiWorkerMirroredStrategy) | {double['local_batch']} | "
-          f"{1e3 * double['step_s']:.1f} ms | {collectives} | "
-          f"{1e3 * double['all_reduce_s']:.2f} ms | "
-          f"{100 * communication / double['step_s']:.0f}% |")
+          f"{machine['cpus']} CPU cores ({machine['processor']})\n")
+    print(bench_common.markdown_table(
+        ["setup", "local batch", "step", "all-reduces per step", "one all-reduce",
+         "all-reduce share of the step"],
+        [["1 process", str(single["local_batch"]), f"{1e3 * single['step_s']:.1f} ms", "0", "-",
+          "-"],
+         ["2 workers (localhost, MultiWorkerMirroredStrategy)", str(double["local_batch"]),
+          f"{1e3 * double['step_s']:.1f} ms", str(collectives),
+          f"{1e3 * double['all_reduce_s']:.2f} ms",
+          f"{100 * communication / double['step_s']:.0f}%"]]))
     print(f"\nper CG iteration: one all-reduce of {single['params']:,} floats, "
           f"{1e3 * double['all_reduce_s']:.2f} ms; 2 workers / 1 process step time: "
           f"{double['step_s'] / single['step_s']:.2f}x")
-    record = {"batch": args.batch, "single": single, "two_workers": double,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+    record = {"batch": args.batch, "single": single, "two_workers": double, "machine": machine}
     if args.trpo:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             runs = [time_trpo(args.trpo, w, Path(tmp) / f"w{w}") for w in (2, 1)]
         print(f"\nnatgrad-trpo train CartPole-v1 --steps {args.trpo}:\n")
-        print("| workers | wall time | first update | env steps/s after it | eval return |")
-        print("|---|---|---|---|---|")
-        for run in runs:
-            print(f"| {run['workers']} | {run['wall_s']:.1f} s | {run['first_update_s']:.1f} s | "
-                  f"{run['steps_per_s_after_first']:,.0f} | {run['eval']:.1f} |")
+        print(bench_common.markdown_table(
+            ["workers", "wall time", "first update", "env steps/s after it", "eval return"],
+            [[str(run["workers"]), f"{run['wall_s']:.1f} s", f"{run['first_update_s']:.1f} s",
+              f"{run['steps_per_s_after_first']:,.0f}", f"{run['eval']:.1f}"] for run in runs]))
         record["trpo"] = runs
-    Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out_json).write_text(json.dumps(record, indent=2) + "\n")
+    bench_common.write_json(args.out_json, record)
     print(f"\nJSON: {args.out_json}")
     return 0
 

@@ -4,7 +4,8 @@ During rollouts the policy runs once per env step on ``n_envs`` observations. Fo
 agent uses NumPy (no TensorFlow call per step); this script measures whether that would also
 win for the Nature-DQN CNN, by timing, on the same weights and observations:
 
-* ``tf``: the agent's compiled forward (:class:`agents.extractors.ExtractorPolicy`);
+* ``tf``: the agent's compiled forward pass (``compiled`` of the policy's
+  :class:`agents.nets.cnn.KerasTrunk`);
 * ``numpy``: the same network in NumPy (convolutions as ``sliding_window_view`` + ``tensordot``),
   checked to agree with ``tf`` to 1e-4.
 
@@ -19,10 +20,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import time
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,11 +29,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, also under -m
+import bench_common  # noqa: E402
+
+REPEATS = 7
+
 SHAPES = {"atari": (84, 84, 4), "pixel_cartpole": (40, 60, 2)}
 
 
 def numpy_forward(model, image: np.ndarray) -> np.ndarray:
-    """The trunk of :func:`agents.extractors.build_trunk` for one image input, in NumPy."""
+    """The trunk of :func:`agents.nets.cnn.build_trunk` for one image input, in NumPy."""
     x = image.astype(np.float32) / 255.0
     for layer in model.layers:
         kind = type(layer).__name__
@@ -54,46 +58,37 @@ def numpy_forward(model, image: np.ndarray) -> np.ndarray:
     return x
 
 
-def median_seconds(fn, calls: int) -> float:
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls)
-    return statistics.median(times)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--out", default="bench_results/spaces/cnn_rollout.json")
     args = parser.parse_args(argv)
 
-    from agents.extractors import ExtractorPolicy
-    from agents.heads import CategoricalHead
-    from agents.spaces import ObservationEncoder
+    from agents.envs.spaces import ObservationEncoder
+    from agents.nets import POLICY_OUTPUT_GAIN, make_trunk
 
     rows = []
     for name, (h, w, c) in SHAPES.items():
         encoder = ObservationEncoder(gym.spaces.Box(0, 255, (h, w, c), np.uint8))
-        policy = ExtractorPolicy(encoder, CategoricalHead(6), rng=np.random.default_rng(0))
+        trunk = make_trunk(encoder, 6, hidden=(64, 64), activation="tanh",  # 6 actions
+                           output_gain=POLICY_OUTPUT_GAIN, rng=np.random.default_rng(0),
+                           name="policy")
         for batch in (1, 8):
             obs = np.random.default_rng(1).integers(0, 256, (batch, h, w, c)).astype(np.uint8)
             feed = {"pixels": obs}
-            tf_out = policy._forward(feed).numpy()
-            np_out = numpy_forward(policy.trunk, obs)
+            tf_out = trunk.compiled(feed).numpy()
+            np_out = numpy_forward(trunk.model, obs)
             np.testing.assert_allclose(np_out, tf_out, rtol=1e-4, atol=1e-4)
-            tf_s = median_seconds(lambda feed=feed, p=policy: p._forward(feed).numpy(), args.calls)
-            np_s = median_seconds(lambda obs=obs, p=policy: numpy_forward(p.trunk, obs), args.calls)
+            tf_s = bench_common.median_seconds(lambda feed=feed, t=trunk: t.compiled(feed).numpy(),
+                                               repeats=REPEATS, calls=args.calls)
+            np_s = bench_common.median_seconds(lambda obs=obs, t=trunk: numpy_forward(t.model, obs),
+                                               repeats=REPEATS, calls=args.calls)
             rows.append({"input": name, "shape": [h, w, c], "batch": batch,
                          "tf_ms": 1e3 * tf_s, "numpy_ms": 1e3 * np_s,
                          "numpy_over_tf": np_s / tf_s})
             print(f"{name:<15} batch {batch}: tf {1e3 * tf_s:7.2f} ms   numpy "
                   f"{1e3 * np_s:7.2f} ms   numpy/tf {np_s / tf_s:5.2f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"calls": args.calls, "rows": rows}, indent=2) + "\n")
+    bench_common.write_json(args.out, {"calls": args.calls, "rows": rows})
     return 0
 
 

@@ -49,7 +49,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -58,6 +57,9 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # bench_common, also under -m
+import bench_common  # noqa: E402
+
 PEER_SCRIPT = HERE / "sb3_peer.py"
 MUJOCO_ENVS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
 DEFAULT_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1")
@@ -84,42 +86,24 @@ def child(args) -> int:
     """Trains one seed to each budget in turn, evaluates after each; prints one JSON line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from agents import TRPO
-    from agents.evaluation import evaluation_record, write_evaluation
+    from agents.runs.evaluation import evaluation_record, write_evaluation
 
-    agent = TRPO(args.child, run_dir=args.run_dir, seed=args.seed, **_overrides(args.set))
-    results, learn_seconds, eval_seconds = [], 0.0, 0.0
-    for budget in sorted(args.budgets or [agent.config.total_steps]):
-        start = time.perf_counter()
-        agent.learn(budget)
-        learn_seconds += time.perf_counter() - start
-        start = time.perf_counter()
-        returns = []
-        if args.eval_episodes > 0:
-            record = evaluation_record(agent, Path(args.run_dir), args.eval_episodes, None)
-            write_evaluation(Path(args.run_dir), record)
-            returns = record["returns"]
-        eval_seconds += time.perf_counter() - start
-        results.append({"budget": budget, "steps": int(agent.num_timesteps),
-                        "eval_returns": returns, "learn_seconds_so_far": learn_seconds})
+    agent = TRPO(args.child, run_dir=args.run_dir, seed=args.seed,
+                 **bench_common.trpo_overrides(args.set))
+
+    def evaluate() -> list[float]:
+        if args.eval_episodes <= 0:
+            return []
+        record = evaluation_record(agent, Path(args.run_dir), args.eval_episodes, None)
+        write_evaluation(Path(args.run_dir), record)
+        return record["returns"]
+
+    runs = bench_common.train_to_budgets(args.budgets or [agent.config.total_steps],
+                                         agent.learn, evaluate, lambda: agent.num_timesteps)
     print("NATGRAD_RESULT " + json.dumps({
-        "env_id": args.child, "seed": args.seed, "settings": agent.config.to_dict(),
-        "results": results, "learn_seconds": learn_seconds, "eval_seconds": eval_seconds,
+        "env_id": args.child, "seed": args.seed, "settings": agent.config.to_dict(), **runs,
         "process_seconds_in_child": time.perf_counter() - CHILD_START}), flush=True)
     return 0
-
-
-def _overrides(items: list[str]) -> dict:
-    """``["max_kl=0.02", "policy_hidden=[64,64]"]`` -> config overrides (JSON values)."""
-    overrides = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value  # a bare string, e.g. vectorization=async
-    return overrides
 
 
 # Running either side as a timed process ----------------------------------------------------
@@ -225,10 +209,9 @@ def run_returns(args, peer: str | None) -> int:
     document = {"benchmark": "trpo_returns", "total_seconds": time.perf_counter() - started,
                 "failed_runs": failures,
                 "processes_at_a_time": args.workers, "peer": peer, "overrides": args.set,
-                "machine": machine(), "envs": summary}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
-    from agents.plotting import plot_learning_curves
+                "machine": bench_common.machine(), "envs": summary}
+    bench_common.write_json(out_dir / "summary.json", document)
+    from agents.runs.plotting import plot_learning_curves
 
     curves = plot_learning_curves(
         [str(job[4]) for job in jobs if job[0] == "natgrad"], out_dir / "learning_curves.png",
@@ -293,32 +276,30 @@ def _process_seconds_at(report: dict, result: dict) -> float:
 
 
 def print_returns_table(summary: dict, with_peer: bool) -> None:
-    header = f"{'env':<16}{'steps':>10}{'seeds':>6}{'natgrad':>20}"
-    if with_peer:
-        header += f"{'sb3-contrib':>20}{'diff':>9}"
-    header += (f"{'natgrad s/run':>15}"
-               + (f"{'sb3 s/run':>11}{'ratio':>7}" if with_peer else "") + "  ref")
-    print(header)
-    print("-" * len(header))
-    for env_id, rows in summary.items():
-        for row in rows:
+    headers = ["env", "steps", "seeds", "natgrad"]
+    headers += ["sb3-contrib", "diff"] if with_peer else []
+    headers += ["natgrad s/run"] + (["sb3 s/run", "ratio"] if with_peer else []) + ["ref"]
+    rows = []
+    for env_id, env_rows in summary.items():
+        for row in env_rows:
             ours, peer = row["natgrad"], row["sb3"]
-            line = (f"{env_id:<16}{row['budget']:>10,}{len(ours['per_seed']):>6}"
-                    f"{ours['mean']:>12.1f} ± {ours['std']:<6.1f}")
+            cells = [env_id, f"{row['budget']:,}", str(len(ours["per_seed"])),
+                     f"{ours['mean']:.1f} ± {ours['std']:.1f}"]
             if with_peer:
-                line += f"{peer['mean']:>12.1f} ± {peer['std']:<6.1f}"
-                line += f"{ours['mean'] - peer['mean']:>+9.1f}"
-            line += f"{_last_mean(ours['process_seconds']):>15.1f}"
+                cells += [f"{peer['mean']:.1f} ± {peer['std']:.1f}",
+                          f"{ours['mean'] - peer['mean']:+.1f}"]
+            cells.append(f"{_last_mean(ours['process_seconds']):.1f}")
             if with_peer:
                 ratio = _last_mean(ours["process_seconds"]) / _last_mean(peer["process_seconds"])
-                line += f"{_last_mean(peer['process_seconds']):>11.1f}{ratio:>7.2f}"
+                cells += [f"{_last_mean(peer['process_seconds']):.1f}", f"{ratio:.2f}"]
             ref = []
             if row["target"] is not None:
                 ref.append(f"target >= {row['target']:g}: "
                            f"{'met' if ours['mean'] >= row['target'] else 'MISSED'}")  # NaN too
             if row["zoo_1m"] is not None:
                 ref.append(f"RL Zoo 1M {row['zoo_1m']:g}")
-            print(line + "  " + "; ".join(ref))
+            rows.append([*cells, "; ".join(ref)])
+    print(bench_common.format_table(headers, rows, align="l" + "r" * (len(headers) - 2) + "l"))
     print("s/run: whole process to that budget, less evaluation; with several processes at a "
           "time they share the cores (see --speed for timing)")
 
@@ -364,45 +345,34 @@ def run_speed(args, peer: str | None) -> int:
             row["ratio"] = row["natgrad"]["median_seconds"] / best[0]
             row["passed"] = row["ratio"] <= SPEED_TARGET_RATIO
         rows[env_id] = row
+    info = bench_common.machine()
     document = {"benchmark": "trpo_speed", "steps": SPEED_STEPS, "repeats": args.repeats,
-                "target_ratio": SPEED_TARGET_RATIO, "peer": peer, "machine": machine(),
+                "target_ratio": SPEED_TARGET_RATIO, "peer": peer, "machine": info,
                 "envs": rows}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "speed.json").write_text(json.dumps(document, indent=2) + "\n")
-    info = machine()
+    bench_common.write_json(out_dir / "speed.json", document)
     print(f"\n{SPEED_STEPS:,} steps, whole process less the final evaluation, median of "
           f"{args.repeats}; {info['cpus']} CPUs ({info['processor']}); natgrad with "
           f"its preset's tf_threads, sb3-contrib at its fastest of "
           f"{'/'.join(map(str, args.peer_threads))} torch thread(s)")
-    print(f"{'env':<16}{'natgrad s':>11}{'sb3 s':>9}{'ratio':>8}  {'target <= 1/3':<16}eval "
-          f"natgrad / sb3")
+    table = []
     for env_id, row in rows.items():
         ours = row["natgrad"]
+        our_eval = f"{statistics.fmean(ours['eval_mean_return']):.1f}"
         if not peer:
-            print(f"{env_id:<16}{ours['median_seconds']:>11.1f}{'-':>9}{'-':>8}  (no peer)")
+            table.append([env_id, f"{ours['median_seconds']:.1f}", "-", "-", "(no peer)",
+                          f"{our_eval} / -"])
             continue
         best = row["sb3_best"]
         theirs = row[f"sb3_{best['threads']}_threads"]
         verdict = "met" if row["passed"] else f"MISSED by {row['ratio'] * 3 - 1:.0%}"
-        print(f"{env_id:<16}{ours['median_seconds']:>11.1f}{best['median_seconds']:>9.1f}"
-              f"{row['ratio']:>8.2f}  {verdict:<16}"
-              f"{statistics.fmean(ours['eval_mean_return']):.1f} / "
-              f"{statistics.fmean(theirs['eval_mean_return']):.1f}")
+        table.append([env_id, f"{ours['median_seconds']:.1f}", f"{best['median_seconds']:.1f}",
+                      f"{row['ratio']:.2f}", verdict,
+                      f"{our_eval} / {statistics.fmean(theirs['eval_mean_return']):.1f}"])
+    print(bench_common.format_table(
+        ["env", "natgrad s", "sb3 s", "ratio", "target <= 1/3", "eval natgrad / sb3"], table,
+        align="lrrrll"))
     print(f"written {out_dir / 'speed.json'}")
     return 0 if all(row.get("passed", True) for row in rows.values()) else 1
-
-
-def machine() -> dict:
-    processor = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                processor = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "processor": processor, "cpus": os.cpu_count(),
-            "python": sys.version.split()[0]}
 
 
 def parse_args(argv=None):
@@ -426,7 +396,8 @@ def parse_args(argv=None):
     parser.add_argument("--peer-python", default=None,
                         help="a Python with sb3-contrib and torch ('none': natgrad only)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="natgrad config overrides, JSON values (e.g. max_kl=0.02)")
+                        help="natgrad config overrides, as natgrad-trpo train --set (e.g. "
+                             "max_kl=0.02 policy_hidden=64,64)")
     parser.add_argument("--out-dir", default="bench_results/trpo")
     parser.add_argument("--speed", action="store_true", help="time 100k steps per side")
     parser.add_argument("--child", metavar="ENV_ID", help=argparse.SUPPRESS)
@@ -440,6 +411,7 @@ def parse_args(argv=None):
         parser.error("--budgets must be >= 1")
     if args.envs is None:
         args.envs = list(SPEED_ENVS if args.speed else DEFAULT_ENVS)
+    bench_common.trpo_overrides(args.set, parser)  # a bad --set stops here, not in each run
     return args
 
 

@@ -27,9 +27,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from peer_check import check_main, mlp_weights, run_peer, sb3_layers
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also under -m
+import sb3_peer  # noqa: E402
+from peer_check import check_main, load_sb3_weights, mlp_weights, run_peer  # noqa: E402
+
 SEED = 0
 
 
@@ -37,28 +39,15 @@ def peer_side(data_file: str, out_file: str, env_id: str) -> int:
     """sb3-contrib's rollout of the saved actions (runs in the peer interpreter)."""
     import torch as th
 
-    sys.path.insert(0, str(HERE))
-    import sb3_peer
-    from sb3_contrib import TRPO
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
-
     th.set_num_threads(1)
     data = np.load(data_file)
     actions = data["actions"]  # [T, E, D], unclipped, as natgrad's policy drew them
     n_steps, n_envs = actions.shape[:2]
-    kwargs, normalize = sb3_peer.settings(env_id)
-    kwargs["n_steps"] = n_steps
-    env = make_vec_env(env_id, n_envs=n_envs, seed=SEED)
-    if normalize:
-        env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99))
-    model = TRPO("MlpPolicy", env, device="cpu", seed=SEED, **kwargs)
+    model = sb3_peer.make_model(env_id, n_envs=n_envs, seed=SEED, n_steps=n_steps)
     policy = model.policy
+    for net in ("policy", "value"):
+        load_sb3_weights(policy, net, data, f"{net}_")
     with th.no_grad():
-        for net in ("policy", "value"):
-            for i, layer in enumerate(sb3_layers(policy, net)):
-                layer.weight.copy_(th.as_tensor(data[f"{net}_kernel_{i}"].T))
-                layer.bias.copy_(th.as_tensor(data[f"{net}_bias_{i}"]))
         policy.log_std.copy_(th.as_tensor(data["log_std"]))
 
     step = iter(range(n_steps))
@@ -70,13 +59,17 @@ def peer_side(data_file: str, out_file: str, env_id: str) -> int:
         return taken, values, log_prob
 
     policy.forward = replay
-    _, callback = model._setup_learn(n_steps * n_envs, None)
+    # sb3-contrib has no public call that collects one rollout: learn() would also train on
+    # it. _setup_learn makes the callback and resets the env as learn() does first.
+    _, callback = model._setup_learn(n_steps * n_envs, None)  # noqa: SLF001
     model.collect_rollouts(model.env, callback, model.rollout_buffer, n_steps)
     buffer = model.rollout_buffer
     out = {"obs": buffer.observations, "values": buffer.values, "rewards": buffer.rewards,
            "advantages": buffer.advantages, "returns": buffer.returns}
-    if normalize:
-        out.update(obs_mean=env.obs_rms.mean, obs_var=env.obs_rms.var, ret_var=env.ret_rms.var)
+    vec_normalize = model.get_vec_normalize_env()
+    if vec_normalize is not None:
+        out.update(obs_mean=vec_normalize.obs_rms.mean, obs_var=vec_normalize.obs_rms.var,
+                   ret_var=vec_normalize.ret_rms.var)
     np.savez(out_file, **out)
     return 0
 
@@ -87,7 +80,7 @@ def natgrad_side(env_id: str) -> tuple[dict, dict]:
 
     agent = TRPO(env_id, seed=SEED)
     cfg = agent.config
-    worker = agent._ensure_worker()
+    worker = agent.worker
     rollout = worker.collect(agent.policy.numpy_params(), cfg.n_steps, agent.rng)
     values, advantages, returns = agent.estimate_advantages(rollout)
     next_values = agent.value.numpy_values(
@@ -96,9 +89,9 @@ def natgrad_side(env_id: str) -> tuple[dict, dict]:
     # sb3-contrib's reward for a truncated step carries the bootstrap; a terminal one does not.
     bootstrapped = rollout.train_rewards + cfg.gamma * (rollout.truncated
                                                         & ~rollout.terminated) * next_values
-    for_peer = {**mlp_weights(agent.policy.mean_net, "policy_"),
-                **mlp_weights(agent.value.net, "value_"),
-                "log_std": agent.policy.log_std.numpy(), "actions": rollout.actions}
+    for_peer = {**mlp_weights(agent.policy.trunk, "policy_"),
+                **mlp_weights(agent.value.trunk, "value_"),
+                "log_std": agent.policy.head.log_std.numpy(), "actions": rollout.actions}
     ours = {"obs": rollout.obs, "values": values, "rewards": bootstrapped,
             "advantages": advantages, "returns": returns,
             "episode_ends": {"terminated": int(rollout.terminated.sum()),

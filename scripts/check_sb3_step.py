@@ -23,49 +23,44 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from peer_check import check_main, mlp_weights, run_peer, sb3_layers
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also under -m
+import sb3_peer  # noqa: E402
+from peer_check import check_main, load_sb3_weights, mlp_weights, run_peer, sb3_layers  # noqa: E402
+
 BATCH = 2048
 
 
 def peer_side(batch_file: str, out_file: str, env_id: str) -> int:
     """sb3-contrib's step on the saved weights and batch (runs in the peer interpreter)."""
     import torch as th
-
-    sys.path.insert(0, str(HERE))
-    import sb3_peer
-    from sb3_contrib import TRPO
-    from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.logger import configure
 
     th.set_num_threads(1)
     data = np.load(batch_file)
-    kwargs, _ = sb3_peer.settings(env_id)
-    kwargs.update(n_steps=len(data["obs"]), batch_size=len(data["obs"]), n_critic_updates=1,
-                  normalize_advantage=False)  # advantages come standardized
-    model = TRPO("MlpPolicy", make_vec_env(env_id, n_envs=1, seed=0), device="cpu", seed=0,
-                 **kwargs)
+    n = len(data["obs"])
+    model = sb3_peer.make_model(env_id, n_envs=1, seed=0, normalize=False, n_steps=n,
+                                batch_size=n, n_critic_updates=1,
+                                normalize_advantage=False)  # advantages come standardized
     model.set_logger(configure(None, [""]))
     policy = model.policy
     layers = sb3_layers(policy, "policy")
+    load_sb3_weights(policy, "policy", data)
     with th.no_grad():
-        for i, layer in enumerate(layers):
-            layer.weight.copy_(th.as_tensor(data[f"kernel_{i}"].T))
-            layer.bias.copy_(th.as_tensor(data[f"bias_{i}"]))
         policy.log_std.copy_(th.as_tensor(data["log_std"]))
         obs = th.as_tensor(data["obs"])
         actions = th.as_tensor(data["actions"])
         _, log_prob, _ = policy.evaluate_actions(obs, actions)
     buffer = model.rollout_buffer
     buffer.reset()
-    n = len(data["obs"])
     buffer.observations[:, 0] = data["obs"]
     buffer.actions[:, 0] = data["actions"]
     buffer.advantages[:, 0] = data["advantages"]
     buffer.log_probs[:, 0] = log_prob.numpy()
     buffer.pos, buffer.full = n, True
-    model._current_progress_remaining = 1.0
+    # sb3-contrib has no public call that takes one policy step on a given batch; train()
+    # does, and reads the learning-rate schedule's progress, which learn() would have set.
+    model._current_progress_remaining = 1.0  # noqa: SLF001
     model.train()
     out = {f"kernel_{i}": layer.weight.detach().numpy().T for i, layer in enumerate(layers)}
     out.update({f"bias_{i}": layer.bias.detach().numpy() for i, layer in enumerate(layers)})
@@ -75,7 +70,7 @@ def peer_side(batch_file: str, out_file: str, env_id: str) -> int:
 
 
 def natgrad_weights(agent) -> dict:
-    return {**mlp_weights(agent.policy.mean_net), "log_std": agent.policy.log_std.numpy()}
+    return {**mlp_weights(agent.policy.trunk), "log_std": agent.policy.head.log_std.numpy()}
 
 
 def flat(weights: dict) -> np.ndarray:
@@ -87,12 +82,12 @@ def natgrad_step(env_id: str, data: dict, **overrides) -> dict:
     from agents.trpo import TRPO
 
     agent = TRPO(env_id, seed=0, normalize_advantages=False, **overrides)
-    net = agent.policy.mean_net
+    net = agent.policy.trunk
     for i, (w, b) in enumerate(zip(net.kernels, net.biases, strict=True)):
         w.assign(data[f"kernel_{i}"])
         b.assign(data[f"bias_{i}"])
-    agent.policy.log_std.assign(data["log_std"])
-    agent._update_fns.policy(data["obs"], data["actions"], data["advantages"])
+    agent.policy.head.log_std.assign(data["log_std"])
+    agent.update_fns.policy(data["obs"], data["actions"], data["advantages"])
     return natgrad_weights(agent)
 
 

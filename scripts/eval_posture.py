@@ -28,7 +28,7 @@ def episode(agent, env, seed: int, noise: float, rng: np.random.Generator) -> tu
     """``(return, final torso angle)`` of one episode."""
     obs, _ = env.reset(seed=seed)
     total, done = 0.0, False
-    sigma = np.exp(agent.policy.log_std.numpy())
+    sigma = np.exp(agent.policy.head.log_std.numpy())
     low, high = env.action_space.low, env.action_space.high
     while not done:
         action = agent.predict(obs, deterministic=True)
@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     import gymnasium as gym
 
     from agents import TRPO
-    from agents.checkpoint import latest_checkpoint
-    from agents.evaluation import EVAL_SEED_OFFSET
+    from agents.runs.checkpoint import latest_checkpoint
+    from agents.runs.evaluation import EVAL_SEED_OFFSET
 
     path = latest_checkpoint(args.run_dir)
     agent = TRPO.load(path, run_dir=args.run_dir)

@@ -8,32 +8,11 @@ building each model), with the same batch size and the same shuffling seed:
 
 * ``NaturalGradient``: ``natgrad.NaturalGradient`` plus ``natgrad.enable_natural_gradient``;
   Fisher curvature (the Gauss-Newton form), CG, a KL trust region (``max_kl``) with a
-  backtracking line search, 10 CG iterations, fixed damping. The defaults were first
-  ``max_kl=0.01``, ``damping=1e-2``, tuned on this split (seed 0) by a sweep of ``max_kl`` in
-  {0.003, 0.01, 0.03, 0.1} x ``damping`` in {1e-4, 1e-3, 1e-2}, batch 128; epochs to 97% (2 CPU
-  cores)::
-
-      max_kl \ damping   1e-4  1e-3  1e-2
-      0.003                11    10     7
-      0.01                  7     7     4
-      0.03                 21     5    18
-      0.1                  27    14    17
-
-  (``adaptive_damping=True`` from 1e-3 at ``max_kl=0.01``: 7.) Since issue 8, ``fit`` tops
-  batches smaller than ``reference_batch_size`` (128) up with recent inputs for the curvature
-  and shrinks their KL bound by ``n / 128``; at ``fit``'s default batch size 32 the settings
-  above never reached 97% in 22 epochs (validation accuracy stuck at 96.0-96.4%), so the default
-  damping is now ``3e-2``, the best for both batch sizes of this sweep (epochs to 97%, seed 0)::
-
-      max_kl, damping    batch 32   batch 128
-      0.01, 1e-2           > 22         5
-      0.01, 3e-2              7         6
-      0.01, 5e-2              7         -
-      0.01, 1e-1              9         -
-      0.02, 3e-2              6         6
-
-  (``reference_batch_size=0``, every batch on its own, at batch 32: > 22 epochs at damping
-  1e-2 with ``max_kl`` 0.01 or 0.003.) Adam is not tuned beyond its default; ``--adam-lr``
+  backtracking line search, 10 CG iterations, fixed damping. ``fit`` tops batches smaller than
+  ``reference_batch_size`` (128) up with recent inputs for the curvature and shrinks their KL
+  bound by ``n / 128``. The defaults, ``max_kl=0.01`` and ``damping=3e-2``, are the best for
+  batch sizes 32 and 128 of a sweep on this split (seed 0), recorded in
+  ``bench_results/keras_digits_sweep.md``. Adam is not tuned beyond its default; ``--adam-lr``
   lets one try.
 * ``Adam``: ``keras.optimizers.Adam`` at its default learning rate ``1e-3`` (``--adam-lr``).
 
@@ -50,21 +29,20 @@ time Adam ran.
 
 Usage::
 
-    python scripts/keras_digits.py                       # < 1 min on 2 CPU cores
+    python scripts/keras_digits.py
     python scripts/keras_digits.py --batch-size 32 \
         --out-json bench_results/keras_digits_batch32.json \
         --out-png bench_results/keras_digits_batch32.png
     python scripts/keras_digits.py --full --max-epochs 150
-    python scripts/keras_digits.py --adam-lr 3e-3 --out-json /tmp/d.json --out-png /tmp/d.png
+    python scripts/keras_digits.py --adam-lr 3e-3 \
+        --out-json bench_results/keras_digits_adam.json \
+        --out-png bench_results/keras_digits_adam.png
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -73,15 +51,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import matplotlib  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
 
 import natgrad  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, also under -m
+import bench_common  # noqa: E402
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -124,28 +101,9 @@ class EpochRecorder(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def load_data(seed: int):
-    digits = load_digits()
-    x = (digits.data / 16.0).astype("float32")
-    y = digits.target.astype("int32")
-    return train_test_split(x, y, test_size=0.25, stratify=y, random_state=seed)
-
-
-def build_model(seed: int) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(64, activation="tanh"),
-            keras.layers.Dense(10),
-        ],
-        name="digits_mlp",
-    )
-
-
 def train(name: str, optimizer, data, args) -> dict:
     x_train, x_val, y_train, y_val = data
-    model = build_model(args.seed)
+    model = bench_common.tanh_mlp(64, (64,), 10, seed=args.seed)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -201,21 +159,15 @@ def check_target(ng: dict, adam: dict) -> tuple[bool, str]:
 
 def print_table(results: list[dict], target: float) -> None:
     pct = f"{100 * target:g}%"
-    header = (
-        f"{'optimizer':<16} {'epochs to ' + pct:>16} {'wall time to ' + pct:>19} "
-        f"{'final val acc':>14} {'epochs run':>11} {'total time':>11}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        epochs = str(r["epochs_to_target"]) if r["epochs_to_target"] else "not reached"
-        wall = (
-            f"{r['wall_time_to_target_s']:.2f} s" if r["wall_time_to_target_s"] else "not reached"
-        )
-        print(
-            f"{r['optimizer']:<16} {epochs:>16} {wall:>19} {r['final_val_accuracy']:>14.4f} "
-            f"{r['epochs_run']:>11} {r['total_wall_time_s']:>9.2f} s"
-        )
+    rows = [[r["optimizer"],
+             str(r["epochs_to_target"]) if r["epochs_to_target"] else "not reached",
+             f"{r['wall_time_to_target_s']:.2f} s" if r["wall_time_to_target_s"]
+             else "not reached",
+             f"{r['final_val_accuracy']:.4f}", str(r["epochs_run"]),
+             f"{r['total_wall_time_s']:.2f} s"] for r in results]
+    print(bench_common.format_table(
+        ["optimizer", f"epochs to {pct}", f"wall time to {pct}", "final val acc", "epochs run",
+         "total time"], rows, align="lrrrrr"))
 
 
 def plot(results: list[dict], target: float, path: Path) -> None:
@@ -267,7 +219,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    data = load_data(args.seed)
+    data = bench_common.digits_split(args.seed)
     print(
         f"digits: {len(data[0])} train / {len(data[1])} validation, batch {args.batch_size}, "
         f"up to {args.max_epochs} epochs, target {args.target:.0%} validation accuracy"
@@ -291,34 +243,19 @@ def main(argv=None) -> int:
     )
     print(f"total wall time {total:.1f} s")
 
-    args.out_json.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "environment": {
-            "python": sys.version.split()[0],
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "numpy": np.__version__,
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-        },
+        "environment": bench_common.machine(libraries=("tensorflow", "keras", "numpy"),
+                                            cpus_key="cpu_count"),
         "results": results,
         "target_passed": passed,
         "target_detail": why,
         "total_wall_time_s": total,
     }
-    args.out_json.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    bench_common.write_json(args.out_json, payload)
     plot(results, args.target, args.out_png)
     print(f"wrote {args.out_json} and {args.out_png}")
     return 0
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return str(obj)
 
 
 if __name__ == "__main__":

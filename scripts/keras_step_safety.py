@@ -1,27 +1,27 @@
-r"""Issue 8's measurements of NaturalGradient in ``model.fit`` on scikit-learn's digits.
+r"""NaturalGradient in ``model.fit`` on scikit-learn's digits: small batches and dropout.
 
-Two checks, on the same MLP as ``scripts/keras_digits.py`` (``64 -> Dense(64, tanh) ->
+Two checks, on the MLP of ``scripts/keras_digits.py`` (``64 -> Dense(64, tanh) ->
 Dense(10)``, logits, ``NaturalGradient(max_kl=0.01, damping=3e-2)``):
 
 * ``safety``: all 1,797 digits, so the last batch of every epoch has 5 samples, at batch 32
   (``fit``'s default; 3 epochs) and 128 (8 epochs), seeds 0-4. A callback evaluates the loss on
   the whole training set (inference mode) before and after every step; reported is the
-  largest increase one step made. Criterion (issue 8): at most 0.02. ``reference_batch_size=0``
-  (each batch on its own, the behaviour before the fix) is run for comparison.
+  largest increase one step made. Criterion: at most 0.02. ``reference_batch_size=0`` (each
+  batch on its own, without the top-up of small batches) is run for comparison.
 * ``dropout``: the digits split of ``keras_digits.py`` (75/25, stratified, seed 0), the MLP
   with ``Dropout(rate)`` after the hidden layer, 3 epochs at batch 32, NaturalGradient against
   ``Adam(1e-3)``, seeds 0-4; reported is the validation loss after the last epoch.
 
 Usage::
 
-    python scripts/keras_step_safety.py                  # both, about 3 minutes on 2 CPU cores
-    python scripts/keras_step_safety.py --check safety --out-json /tmp/s.json
+    python scripts/keras_step_safety.py
+    python scripts/keras_step_safety.py --check safety \
+        --out-json bench_results/keras_step_safety_only.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,40 +31,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 
 import natgrad  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from keras_digits import load_data  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, also under -m
+import bench_common  # noqa: E402
+from bench_common import FullDataLossChange  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-class FullDataLossChange(keras.callbacks.Callback):
-    """The change of the full-training-set loss (inference mode) made by every ``fit`` step."""
-
-    def __init__(self, x, y):
-        super().__init__()
-        self.x, self.y, self.changes = x, y, []
-
-    def _loss(self) -> float:
-        return float(LOSS(self.y, self.model(self.x, training=False)))
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._before = self._loss()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.changes.append(self._loss() - self._before)
-
-
 def mlp(seed: int, dropout: float = 0.0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    middle = [keras.layers.Dropout(dropout)] if dropout else []
-    return keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(64, activation="tanh"), *middle,
-         keras.layers.Dense(10)]
-    )
+    """The digits MLP of ``keras_digits.py``, with ``Dropout(dropout)`` after its hidden
+    layer."""
+    return bench_common.tanh_mlp(64, (64,), 10, seed=seed, dropout=dropout)
 
 
 def natural_gradient(args) -> natgrad.NaturalGradient:
@@ -72,8 +52,7 @@ def natural_gradient(args) -> natgrad.NaturalGradient:
 
 
 def safety(args) -> list[dict]:
-    digits = load_digits()
-    x, y = (digits.data / 16.0).astype("float32"), digits.target.astype("int32")
+    x, y = bench_common.digits()
     rows = []
     for batch_size, epochs in ((32, 3), (128, 8)):
         for reference in (128, 0):
@@ -82,7 +61,7 @@ def safety(args) -> list[dict]:
                 model = mlp(seed)
                 model.compile(optimizer=natural_gradient(args), loss=LOSS)
                 natgrad.enable_natural_gradient(model, reference_batch_size=reference)
-                watch = FullDataLossChange(x, y)
+                watch = FullDataLossChange(x, y, LOSS)
                 keras.utils.set_random_seed(seed)
                 model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0,
                           callbacks=[watch])
@@ -99,7 +78,7 @@ def safety(args) -> list[dict]:
 
 
 def dropout(args) -> list[dict]:
-    x_train, x_val, y_train, y_val = load_data(0)
+    x_train, x_val, y_train, y_val = bench_common.digits_split(0)
     rows = []
     for rate in (0.1, 0.3):
         losses = {"NaturalGradient": [], "Adam": []}
@@ -138,8 +117,7 @@ def main(argv=None) -> int:
     if args.check in ("dropout", "both"):
         result["dropout"] = dropout(args)
     result["total_wall_time_s"] = time.perf_counter() - start
-    args.out_json.parent.mkdir(parents=True, exist_ok=True)
-    args.out_json.write_text(json.dumps(result, indent=2) + "\n")
+    bench_common.write_json(args.out_json, result)
     print(f"total wall time {result['total_wall_time_s']:.1f} s; wrote {args.out_json}")
     return 0
 

@@ -4,23 +4,24 @@ Each check script (``check_sb3_step.py``, ``check_sb3_rollout.py``) prepares its
 natgrad side, runs itself again under ``--peer-python`` with ``--peer-side`` (sb3-contrib, CPU
 torch, nothing from natgrad imported), and compares. This module holds the command line, the
 peer call, the report file and the map between the two sides' weights; it imports nothing
-from either side.
+from either side at import time (torch only inside :func:`load_sb3_weights`, on the peer side).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import bench_common
+
 
 def mlp_weights(net, prefix: str = "") -> dict:
-    """A natgrad ``agents.policies.MLP``'s weights as NumPy: ``{prefix}kernel_i`` ``[in, out]``
-    and ``{prefix}bias_i``."""
+    """A natgrad :class:`agents.nets.mlp.MLP`'s weights (a policy's or value function's
+    ``trunk``) as NumPy: ``{prefix}kernel_i`` ``[in, out]`` and ``{prefix}bias_i``."""
     weights = {f"{prefix}kernel_{i}": w.numpy() for i, w in enumerate(net.kernels)}
     weights.update({f"{prefix}bias_{i}": b.numpy() for i, b in enumerate(net.biases)})
     return weights
@@ -34,6 +35,18 @@ def sb3_layers(policy, net: str) -> list:
                 policy.action_net]
     return [policy.mlp_extractor.value_net[0], policy.mlp_extractor.value_net[2],
             policy.value_net]
+
+
+def load_sb3_weights(policy, net: str, weights, prefix: str = "") -> None:
+    """Copies :func:`mlp_weights`' arrays (``{prefix}kernel_i``, ``{prefix}bias_i``) into the
+    layers :func:`sb3_layers` names (torch, in the peer interpreter; kernels transposed to
+    torch's ``[out, in]``)."""
+    import torch as th
+
+    with th.no_grad():
+        for i, layer in enumerate(sb3_layers(policy, net)):
+            layer.weight.copy_(th.as_tensor(weights[f"{prefix}kernel_{i}"].T))
+            layer.bias.copy_(th.as_tensor(weights[f"{prefix}bias_{i}"]))
 
 
 def run_peer(peer_python: str, script: str, *args: str) -> None:
@@ -69,7 +82,6 @@ def check_main(argv, *, doc: str, envs: list[str], out: str, peer_metavar: tuple
             report = check(env_id, args.peer_python, Path(work))
             reports.append(report)
             print("\n".join(describe(report)))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(reports, indent=1) + "\n")
+    bench_common.write_json(args.out, reports)
     print(f"wrote {args.out}")
     return 0

@@ -32,6 +32,10 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, also under -m
+import bench_common  # noqa: E402
 
 # (settings, normalize): RL Zoo trpo.yml; what it leaves out is sb3-contrib's default.
 CLASSIC = {
@@ -55,7 +59,23 @@ def settings(env_id: str) -> tuple[dict, bool]:
     return {**MUJOCO, **MUJOCO_EXTRA.get(env_id, {})}, True
 
 
-def evaluate(model, env_id: str, vec_normalize, episodes: int, seed: int) -> list[float]:
+def make_model(env_id: str, *, n_envs: int, seed: int, normalize: bool = True, **overrides):
+    """sb3-contrib's ``TRPO("MlpPolicy")`` on the CPU with :func:`settings` for ``env_id``
+    (updated by ``overrides``), on ``n_envs`` envs seeded from ``seed``, in a ``VecNormalize``
+    where the settings ask for one (unless ``normalize`` is false)."""
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    kwargs, wants_normalize = settings(env_id)
+    kwargs.update(overrides)
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    if normalize and wants_normalize:
+        env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99))
+    return TRPO("MlpPolicy", env, device="cpu", seed=seed, **kwargs)
+
+
+def evaluate_model(model, env_id: str, vec_normalize, episodes: int, seed: int) -> list[float]:
     """Deterministic returns (unnormalized rewards) on a fresh env, observation stats frozen."""
     import gymnasium as gym
     import numpy as np
@@ -92,32 +112,22 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     import_done = time.perf_counter()
-    from sb3_contrib import TRPO
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
-
     kwargs, normalize = settings(args.env_id)
-    env = make_vec_env(args.env_id, n_envs=N_ENVS, seed=args.seed)
-    if normalize:
-        env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99))
-    model = TRPO("MlpPolicy", env, seed=args.seed, device="cpu", verbose=0, **kwargs)
-    results, learn_seconds, eval_seconds = [], 0.0, 0.0
-    for budget in sorted(args.budgets):
-        start = time.perf_counter()
-        model.learn(budget - model.num_timesteps, reset_num_timesteps=False)
-        learn_seconds += time.perf_counter() - start
-        start = time.perf_counter()
-        returns = []
-        if args.eval_episodes > 0:
-            returns = evaluate(model, args.env_id, env if normalize else None,
-                               args.eval_episodes, args.seed + EVAL_SEED_OFFSET)
-        eval_seconds += time.perf_counter() - start
-        results.append({"budget": budget, "steps": int(model.num_timesteps),
-                        "eval_returns": returns, "learn_seconds_so_far": learn_seconds})
+    model = make_model(args.env_id, n_envs=N_ENVS, seed=args.seed)
+
+    def evaluate() -> list[float]:
+        if args.eval_episodes <= 0:
+            return []
+        return evaluate_model(model, args.env_id, model.get_vec_normalize_env(),
+                              args.eval_episodes, args.seed + EVAL_SEED_OFFSET)
+
+    runs = bench_common.train_to_budgets(
+        args.budgets, lambda budget: model.learn(budget - model.num_timesteps,
+                                                 reset_num_timesteps=False),
+        evaluate, lambda: model.num_timesteps)
     print("SB3_RESULT " + json.dumps({
         "env_id": args.env_id, "seed": args.seed, "settings": kwargs, "normalize": normalize,
-        "n_envs": N_ENVS, "results": results, "learn_seconds": learn_seconds,
-        "eval_seconds": eval_seconds,
+        "n_envs": N_ENVS, **runs,
         "import_seconds": import_done - PROCESS_START, "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
     }), flush=True)

@@ -106,3 +106,42 @@ def tanh_mlp64():
 @pytest.fixture
 def batch64():
     return make_batch("float64")
+
+
+# The TRPO agent's tests --------------------------------------------------------------------
+
+#: The tiny TRPO configuration the agent tests train with: 2 envs x 64 steps (a batch of
+#: ``TINY_BATCH``), two value-fit epochs, one hidden layer of 16 units in each network.
+TINY_CONFIG = {"n_envs": 2, "n_steps": 64, "critic_epochs": 2, "policy_hidden": (16,),
+               "value_hidden": (16,)}
+TINY_BATCH = TINY_CONFIG["n_envs"] * TINY_CONFIG["n_steps"]
+
+
+def cli_settings(config: dict) -> list[str]:
+    """``config`` as ``natgrad-trpo train`` options: ``["--set", "key=value", ...]``."""
+
+    def text(value) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, tuple):
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+    return [arg for key, value in config.items() for arg in ("--set", f"{key}={text(value)}")]
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    """A fresh copy of :data:`TINY_CONFIG`, to pass as ``TRPO(env, **tiny_config)``."""
+    return dict(TINY_CONFIG)
+
+
+def mlp_policy(obs_dim: int, head, *, hidden: tuple, rng: np.random.Generator,
+               dtype=tf.float32, activation: str = "tanh"):
+    """A :class:`agents.nets.Policy` of an MLP trunk and ``head``, initialised as the agent's
+    (output gain ``POLICY_OUTPUT_GAIN``)."""
+    from agents.nets import POLICY_OUTPUT_GAIN, Policy
+    from agents.nets.mlp import MLP
+
+    return Policy(MLP(obs_dim, tuple(hidden), head.out_dim, activation=activation, rng=rng,
+                      output_gain=POLICY_OUTPUT_GAIN, dtype=dtype), head)

@@ -4,6 +4,9 @@ Each is a contextual bandit: a context ``c`` is drawn, shown in the observation,
 ends after one action with the reward below, so the optimal policy is a function of ``c`` that
 the tests can state exactly. Registered on import; ``natgrad-trpo`` reaches them as
 ``space_envs:<id>`` (``tests/`` is on the path of the test session).
+
+:class:`ScriptedEnv` (through :func:`scripted`) is a flat-vector env that can be made to emit a
+NaN or an infinity, to start its actions at 1, or never to end.
 """
 
 from __future__ import annotations
@@ -86,6 +89,49 @@ def image_dict_bandit(render_mode=None):
                          "speed": gym.spaces.Box(-1.0, 1.0, (1,), np.float32)}),
         gym.spaces.MultiDiscrete([2, 2]), 4, image_dict_observation,
         lambda c, a: int(a[0] == (c & 1)) + int(a[1] == (c >> 1)), render_mode)
+
+
+class ScriptedEnv(gym.Env):
+    """3-D observations, two actions (``Discrete(2, start=action_start)``), reward 1 for the
+    higher action. ``fault`` makes env step ``fault_at`` (counted per env instance) emit a NaN
+    observation (``"nan_obs"``), an infinite reward (``"inf_reward"``), or rewards of 1e30
+    from then on (``"huge_reward"``). Episodes last ``episode_length`` steps (``None``: never
+    end). Any action outside the space raises."""
+
+    def __init__(self, fault=None, fault_at=10**9, action_start=0, episode_length=20):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+        self.action_space = gym.spaces.Discrete(2, start=action_start)
+        self.fault, self.fault_at, self.episode_length = fault, fault_at, episode_length
+        self.steps = self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.normal(size=3).astype(np.float32), {}
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"invalid action {action!r} for {self.action_space}")
+        self.t += 1
+        self.steps += 1
+        obs = self.np_random.normal(size=3).astype(np.float32)
+        reward = float(action == self.action_space.start + 1)
+        if self.steps >= self.fault_at:
+            if self.fault == "nan_obs" and self.steps == self.fault_at:
+                obs[1] = np.nan
+            elif self.fault == "inf_reward" and self.steps == self.fault_at:
+                reward = np.inf
+            elif self.fault == "huge_reward":
+                reward = 1e30
+        ended = self.episode_length is not None and self.t >= self.episode_length
+        return obs, reward, ended, False, {}
+
+
+def scripted(**kwargs):
+    def make_scripted_env():
+        return ScriptedEnv(**kwargs)
+
+    return make_scripted_env
 
 
 ENVS = {

@@ -16,9 +16,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY_CONFIG, cli_settings
 
 from agents import cli
-from agents.run_setup import fresh_run_dir
+from agents.cli.setup import fresh_run_dir
 
 STEPS = 2048
 EVAL_KEYS = {"mean_return", "std_return", "episodes", "env_id", "steps", "seed", "wall_time"}
@@ -185,9 +186,9 @@ def test_resume_continues_the_run(trained_run):
 
 # --- a run directory shared, interrupted, or filled with someone else's files -----------------
 
-SMALL = ["--set", "n_envs=2", "--set", "n_steps=64", "--set", "critic_epochs=2",
-         "--set", "policy_hidden=16", "--set", "value_hidden=16", "--set", "checkpoint_every=2",
-         "--set", "eval_episodes=1"]
+#: The tiny config as ``--set`` options, checkpointing every second update, one evaluation
+#: episode.
+SMALL = cli_settings({**TINY_CONFIG, "checkpoint_every": 2, "eval_episodes": 1})
 
 
 def _snapshot(run_dir: pathlib.Path) -> dict:
@@ -199,7 +200,8 @@ def _snapshot(run_dir: pathlib.Path) -> dict:
 @pytest.fixture(scope="module")
 def small_runs(tmp_path_factory):
     """Three 512-step runs: CartPole seed 0, CartPole seed 1, Pendulum; and one more
-    CartPole seed 0 (same settings as the first, another run)."""
+    CartPole seed 0 (same settings as the first, another run). 16 updates in all: the tests
+    using them are marked slow."""
     root = tmp_path_factory.mktemp("small")
     runs = {}
     for name, argv in [("cartpole", ["CartPole-v1"]), ("seed1", ["CartPole-v1", "--seed", 1]),
@@ -217,6 +219,7 @@ def _copy_run(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
     return dst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("intruder, fragments", [
     ("pendulum", ["written for env 'Pendulum-v1'", "'CartPole-v1'"]),
     ("seed1", ["other settings", "seed 1 (this run: 0)"]),
@@ -234,6 +237,7 @@ def test_a_checkpoint_from_another_run_is_refused_and_nothing_changes(small_runs
     assert _snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_network_shape_mismatch_is_named(small_runs, tmp_path):
     run_dir = tmp_path / "wide"
     status, _, err = run_main(["train", "--steps", 256, *SMALL, "--set", "policy_hidden=32",
@@ -244,6 +248,7 @@ def test_a_network_shape_mismatch_is_named(small_runs, tmp_path):
     assert_usage_error(run_main(["eval", run_dir]), "policy_hidden [16] (this run: [32])")
 
 
+@pytest.mark.slow
 def test_resume_falls_back_past_a_corrupt_checkpoint_and_says_so(small_runs, tmp_path):
     run_dir = _copy_run(small_runs["cartpole"], tmp_path / "run")
     newest = sorted((run_dir / "checkpoints").glob("*.ckpt"))[-1]
@@ -264,7 +269,7 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_and_says_so(small_runs, tmp
 def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path):
     run_dir = tmp_path / "busy"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from agents.run_dir import RunLock\n"
+        [sys.executable, "-c", "import sys; from agents.runs.run_dir import RunLock\n"
          f"with RunLock({str(run_dir)!r}):\n    print('locked', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -281,8 +286,10 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path):
     assert status == 0, err
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
-    """A real SIGINT once the first checkpoint exists (an event, not a time)."""
+    """A real SIGINT once the first update is logged (an event, not a time): the run stops
+    with its first checkpoint, and resumes from it."""
     import signal
     import time
 
@@ -309,11 +316,10 @@ def test_ctrl_c_checkpoints_and_the_run_resumes(tmp_path):
 
 def test_a_run_stopped_before_its_first_checkpoint_restarts_in_place(tmp_path):
     from agents.config import resolve_config
-    from agents.run_dir import write_run_config
+    from agents.runs.run_dir import write_run_config
 
     run_dir = tmp_path / "early"
-    config = resolve_config("CartPole-v1", n_envs=2, n_steps=64, critic_epochs=2,
-                            policy_hidden=(16,), value_hidden=(16,), eval_episodes=1)
+    config = resolve_config("CartPole-v1", **TINY_CONFIG, eval_episodes=1)
     write_run_config(run_dir, "0123456789abcdef0123456789abcdef", config.to_dict())
     (run_dir / "progress.csv").write_text("env_steps,wall_time\n128,0.5\n")
     status, out, err = run_main(["train", "--resume", run_dir, "--steps", 256])
@@ -333,10 +339,11 @@ def test_malformed_run_directories_get_one_line(tmp_path):
     assert_usage_error(run_main(["train", "--out", tmp_path / "afile"]), "is a file")
 
 
+@pytest.mark.slow
 def test_os_errors_are_one_line_naming_the_path(small_runs, tmp_path, monkeypatch):
     import errno
 
-    from agents import checkpoint
+    from agents.runs import checkpoint
 
     run_dir = _copy_run(small_runs["cartpole"], tmp_path / "run")
     real_write = checkpoint.atomic_write_bytes
@@ -345,9 +352,9 @@ def test_os_errors_are_one_line_naming_the_path(small_runs, tmp_path, monkeypatc
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", read_only)
-    import agents.evaluation
+    import agents.runs.evaluation
 
-    monkeypatch.setattr(agents.evaluation, "atomic_write_bytes", read_only)
+    monkeypatch.setattr(agents.runs.evaluation, "atomic_write_bytes", read_only)
     status, out, err = run_main(["eval", run_dir, "--episodes", 1])
     assert status == 1 and "mean return" in out  # the result is shown all the same
     assert err.strip() == (f"natgrad-trpo eval: error: cannot write {run_dir / 'eval.json'}: "

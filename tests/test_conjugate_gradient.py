@@ -389,8 +389,10 @@ def test_tf_function_reports_breakdowns():
     "kwargs, pattern",
     [
         ({"max_iters": 0}, r"max_iters must be an integer >= 1; got 0"),
-        ({"tol": -1e-3}, r"tol must be >= 0; got -0.001"),
-        ({"damping": -0.5}, r"damping must be >= 0.*got -0.5"),
+        ({"max_iters": 2.0}, r"max_iters must be an integer >= 1; got 2.0"),
+        ({"tol": -1e-3}, r"tol must be a finite number >= 0; got -0.001"),
+        ({"tol": float("nan")}, r"tol must be a finite number >= 0; got nan"),
+        ({"damping": -0.5}, r"damping must be a finite number >= 0; got -0.5"),
         ({"x0": [tf.zeros(2, tf.float64)]}, r"x0 must have the same structure as b"),
     ],
 )

@@ -8,7 +8,6 @@ ago. The single-device reference runs here, on the same toy problem (``distribut
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 import natgrad
-from agents.workers import cluster_configs
+from agents.workers import run_cluster
 from natgrad.distribute import check_strategy
 
 SCRIPTS = Path(__file__).parent / "distributed"
@@ -73,20 +72,11 @@ def test_two_workers_match_one_process_and_trpo_workers_stay_identical(single_de
     the whole batch; a 3-update TRPO run keeps both workers bit-identical, and its checkpoint
     resumes (``TRPO.resume`` on every worker) for two more updates, still identical."""
     run_dir = tmp_path / "run"
-    procs = []
-    try:
-        for config in cluster_configs(2):
-            procs.append(subprocess.Popen(
-                [sys.executable, str(SCRIPTS / "multi_worker.py"), str(run_dir)],
-                env={**os.environ, "TF_CONFIG": config}, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True))
-        outputs = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    results = run_cluster([sys.executable, str(SCRIPTS / "multi_worker.py"), str(run_dir)], 2,
+                          timeout=240)
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    outputs = [(out, err) for _, out, err in results]
     first, second = sorted((_json_line(out) for out, _ in outputs), key=lambda r: r["worker"])
     weights, losses = single_device
     for a, b, reference in zip(first["toy_weights"], second["toy_weights"], weights,

@@ -10,17 +10,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import numpy_flat
+from conftest import mlp_policy, numpy_flat
 
 import natgrad
-from agents.heads import BernoulliHead, MultiCategoricalHead, make_head, sample_categorical
-from agents.policies import MLPPolicy
+from agents.nets.heads import BernoulliHead, MultiCategoricalHead, make_head, sample_categorical
 
 OBS_DIM, N, DAMPING = 3, 16, 1e-2
 
 
 def _policy(head):
-    policy = MLPPolicy(OBS_DIM, head, hidden=(4,), rng=np.random.default_rng(0), dtype=tf.float64)
+    policy = mlp_policy(OBS_DIM, head, hidden=(4,), rng=np.random.default_rng(0),
+                        dtype=tf.float64)
     rng = np.random.default_rng(1)
     for v in policy.trainable_variables:  # away from the near-uniform initial output layer
         v.assign(v + rng.normal(0.0, 0.5, v.shape))

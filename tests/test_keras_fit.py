@@ -13,6 +13,7 @@ import pytest
 
 import natgrad
 from natgrad import distributions as D
+from natgrad import keras_adapter
 
 N, DIM, CLASSES = 240, 2, 3
 
@@ -279,8 +280,9 @@ def test_curvature_batch_fraction():
 
 
 def test_dropout_does_not_break_the_trust_region_test():
-    """Curvature and KL use inference mode: fresh dropout masks would make the KL at the start
-    of the step non-zero and larger than a small max_kl, so every step would be rejected."""
+    """Every forward pass of a step runs in training mode with the step's one set of dropout
+    masks: fresh masks would make the KL at the start of the step non-zero and larger than a
+    small max_kl, so every step would be rejected."""
     x, y = _blobs()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
@@ -297,3 +299,60 @@ def test_dropout_does_not_break_the_trust_region_test():
     after = model.trainable_variables
     changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, after, strict=True)]
     assert all(changed)
+
+
+# natgrad.keras_adapter: the Keras internals the fit hook reads, checked on this Keras -----------
+
+
+def test_keras_adapter_reads_what_keras_train_step_uses():
+    x, y = _blobs()
+    two_outputs = keras.Input((DIM,))
+    hidden = keras.layers.Dense(4, activation="tanh")(two_outputs)
+    model = keras.Model(two_outputs, [keras.layers.Dense(CLASSES)(hidden),
+                                      keras.layers.Dense(1)(hidden)])
+    assert keras_adapter.compiled_loss_weights(model) is None  # not compiled
+    assert keras_adapter.compiled_loss_variables(model) == []
+    model.compile(
+        optimizer=natgrad.NaturalGradient(),
+        loss=[keras.losses.SparseCategoricalCrossentropy(from_logits=True), "mse"],
+        loss_weights=[1.0, 0.5],
+    )
+    assert keras_adapter.compiled_loss_weights(model) == [1.0, 0.5]
+    y_pred = keras_adapter.call_model(model, x[:8])
+    targets = (y[:8], x[:8, :1])
+    loss = keras_adapter.compiled_loss(model, x[:8], targets, y_pred, None)
+    expected = model.compute_loss(x[:8], targets, y_pred, training=True)
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+    assert keras_adapter.compiled_loss_variables(model)  # per-output loss metrics, once built
+
+    tracker = keras_adapter.loss_tracker(model)
+    assert isinstance(tracker, keras.metrics.Mean) and tracker.name == "loss"
+    tracker.update_state(2.0, sample_weight=3)
+    assert float(tracker.count) == 3.0 and float(tracker.result()) == 2.0
+
+    model.make_train_function()
+    assert model.train_function is not None
+    traced = []
+
+    def train_step(data):
+        traced.append(data)
+        return {"marker": 7.0}
+
+    keras_adapter.install_train_step(model, train_step)
+    assert model.train_function is None  # so the next fit compiles the new step
+    history = model.fit(x[:8], targets, batch_size=4, epochs=1, verbose=0)
+    assert traced and history.history["marker"] == [7.0]
+
+
+def test_keras_adapter_calls_models_without_a_training_argument():
+    class NoTrainingArg(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    model = NoTrainingArg()
+    out = keras_adapter.call_model(model, np.ones((3, DIM), "float32"), training=True)
+    assert tuple(out.shape) == (3, 2)

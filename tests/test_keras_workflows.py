@@ -1,8 +1,8 @@
-"""Issue 8's Keras workflows with NaturalGradient in ``model.fit``, written as a user writes them.
+"""Keras workflows with NaturalGradient in ``model.fit``, written as a user writes them.
 
-Each test is one row of the issue's table: small and ragged batches, dropout, BatchNorm,
-Embedding, mixed precision, several outputs, ``reduction="mean"``, re-compiling with Adam,
-and the step's statistics in ``History``. Data: scikit-learn's bundled digits (nothing is
+One test per workflow: small and ragged batches, dropout, BatchNorm, Embedding, mixed
+precision, several outputs, ``reduction="mean"``, re-compiling with Adam, and the step's
+statistics in ``History``. Data: scikit-learn's bundled digits (nothing is
 downloaded) or small generated arrays.
 """
 

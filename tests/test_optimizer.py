@@ -180,8 +180,9 @@ def test_learning_rate_schedule():
         assert _rel_err(theta0 - _flat(variables), lr * expected) <= 1e-4
     assert int(opt.iterations) == 3
     restored = natgrad.NaturalGradient.from_config(opt.get_config())
-    assert isinstance(restored._learning_rate, keras.optimizers.schedules.ExponentialDecay)
-    assert restored._learning_rate.get_config() == schedule.get_config()
+    learning_rate = keras.optimizers.schedules.deserialize(restored.get_config()["learning_rate"])
+    assert isinstance(learning_rate, keras.optimizers.schedules.ExponentialDecay)
+    assert learning_rate.get_config() == schedule.get_config()
 
 
 # Trust region ---------------------------------------------------------------------------------
@@ -434,22 +435,27 @@ def test_eager_and_tf_function_give_same_step(max_kl):
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"curvature": "kfac"}, "unknown curvature 'kfac'.*fisher, gauss_newton, hessian"),
-        ({"damping": -1e-3}, "damping must be a number >= 0"),
-        ({"cg_iters": 0}, "cg_iters must be an integer >= 1"),
-        ({"cg_iters": 2.5}, "cg_iters must be an integer >= 1"),
-        ({"max_kl": 0.0}, "max_kl must be a number > 0 or None"),
-        ({"max_kl": -0.01}, "max_kl must be a number > 0 or None"),
-        ({"line_search_shrink": 0.0}, r"line_search_shrink must be in \(0, 1\)"),
-        ({"line_search_shrink": 1.0}, r"line_search_shrink must be in \(0, 1\)"),
-        ({"line_search_shrink": 1.5}, r"line_search_shrink must be in \(0, 1\)"),
+        ({"curvature": "kfac"},
+         "curvature must be one of 'fisher', 'gauss_newton', 'hessian'; got 'kfac'"),
+        ({"damping": -1e-3}, "damping must be a finite number >= 0; got -0.001"),
+        ({"damping": True}, "damping must be a finite number >= 0; got True"),
+        ({"cg_iters": 0}, "cg_iters must be an integer >= 1; got 0"),
+        ({"cg_iters": 2.5}, "cg_iters must be an integer >= 1; got 2.5"),
+        ({"cg_iters": True}, "cg_iters must be an integer >= 1; got True"),
+        ({"max_kl": 0.0}, "max_kl must be a finite number > 0 or None; got 0.0"),
+        ({"max_kl": -0.01}, "max_kl must be a finite number > 0 or None"),
+        ({"max_kl": float("inf")}, "max_kl must be a finite number > 0 or None; got inf"),
+        ({"line_search_shrink": 0.0}, r"line_search_shrink must be a number in \(0, 1\)"),
+        ({"line_search_shrink": 1.0}, r"line_search_shrink must be a number in \(0, 1\)"),
+        ({"line_search_shrink": 1.5}, r"line_search_shrink must be a number in \(0, 1\)"),
         ({"line_search_max_tries": -1}, "line_search_max_tries must be an integer >= 0"),
-        ({"learning_rate": 0.0}, "learning_rate must be a number > 0"),
-        ({"damping_decay": 1.0}, r"damping_decay must be in \(0, 1\)"),
-        ({"min_damping": 1.0, "max_damping": 0.1}, "max_damping .* must be >= min_damping"),
-        ({"curvature_batch_fraction": 0.0}, r"curvature_batch_fraction must be in \(0, 1\]"),
-        ({"curvature_batch_fraction": 1.5}, r"curvature_batch_fraction must be in \(0, 1\]"),
-        ({"hvp_method": "finite_differences"}, "unknown Hessian-vector product method"),
+        ({"learning_rate": 0.0}, "learning_rate must be a finite number > 0; got 0.0"),
+        ({"damping_decay": 1.0}, r"damping_decay must be a number in \(0, 1\); got 1.0"),
+        ({"damping_decay": float("nan")}, r"damping_decay must be a number in \(0, 1\); got nan"),
+        ({"min_damping": 1.0, "max_damping": 0.1}, "max_damping must be a number >= 1; got 0.1"),
+        ({"curvature_batch_fraction": 0.0}, r"curvature_batch_fraction .* in \(0, 1\]; got 0.0"),
+        ({"curvature_batch_fraction": 1.5}, r"curvature_batch_fraction .* in \(0, 1\]; got 1.5"),
+        ({"hvp_method": "finite_differences"}, "hvp_method must be one of 'forward_over_reverse'"),
         ({"clipnorm": 1.0}, "does not support clipnorm=1.0"),
         ({"clipvalue": 0.5}, "does not support clipvalue"),
         ({"global_clipnorm": 1.0}, "does not support global_clipnorm"),
@@ -483,6 +489,22 @@ def test_minimize_needs_a_curvature_source():
         natgrad.NaturalGradient(max_kl=0.01).minimize(
             loss_fn, variables, curvature_vector_product=lambda v: v
         )
+
+
+@pytest.mark.parametrize("curvature", ["fisher", "gauss_newton", "hessian"])
+def test_curvature_operator_is_the_setting_s_matrix(curvature):
+    _, _, variables, _, loss_fn, outputs_fn = _problem()
+    opt = natgrad.NaturalGradient(curvature=curvature)
+    matvec = opt.curvature_operator(
+        loss_fn, variables, outputs_fn=outputs_fn, output_distribution=D.CATEGORICAL
+    )
+    if curvature == "hessian":
+        dense = natgrad.hessian(loss_fn, variables).numpy()
+    else:
+        dense = _dense_fisher(outputs_fn, variables)
+    vector = [tf.ones_like(v) for v in variables]
+    product = numpy_flat(matvec(vector))
+    np.testing.assert_allclose(product, dense @ numpy_flat(vector), rtol=1e-8, atol=1e-12)
 
 
 def test_explicit_curvature_vector_product():

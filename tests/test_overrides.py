@@ -1,9 +1,9 @@
-"""Tests for agents.overrides: --set strings as typed config values."""
+"""Tests for agents.cli.overrides: --set strings as typed config values."""
 
 import pytest
 
 from agents import TRPOConfig
-from agents.overrides import parse_overrides
+from agents.cli.overrides import parse_overrides
 
 
 def test_parse_overrides_converts_to_field_types():

@@ -1,4 +1,4 @@
-"""``agents.plotting`` against hand-made ``progress.csv`` files whose averages are known."""
+"""``agents.runs.plotting`` against hand-made ``progress.csv`` files whose averages are known."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from agents.plotting import (
+from agents.runs.plotting import (
     average_curves,
     common_grid,
     curve,

@@ -1,16 +1,22 @@
-"""GAE, advantage standardization, running observation statistics and rollout collection."""
+"""``agents.rollout``: GAE, advantage standardization and rollout collection. (The running
+statistics it normalizes with are ``test_normalization.py``'s.)"""
 
 from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import mlp_policy
 
-from agents.normalization import RewardScaler, RunningMeanStd
-from agents.policies import CategoricalPolicy
+from agents.envs.normalization import RewardScaler
+from agents.envs.spaces import flatten_time
+from agents.nets import VALUE_OUTPUT_GAIN, ValueFunction
+from agents.nets.heads import CategoricalHead
+from agents.nets.mlp import MLP
 from agents.rollout import (
     RolloutWorker,
     compute_gae,
+    estimate_advantages,
     explained_variance,
     normalize_advantages,
 )
@@ -53,59 +59,11 @@ def test_normalize_advantages_and_explained_variance():
     assert explained_variance(np.full_like(a, a.mean()), a) == pytest.approx(0.0)
 
 
-def test_running_mean_std_matches_numpy_over_all_batches():
-    rng = np.random.default_rng(2)
-    batches = [rng.normal(2.0, 3.0, size=(n, 3)) for n in (1, 7, 50)]
-    rms = RunningMeanStd((3,))
-    for b in batches:
-        rms.update(b)
-    data = np.concatenate(batches)
-    np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-4)
-    np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-4)
-    z = rms.normalize(np.array([[1e6, 0.0, -1e6]]))
-    assert z[0, 0] == 10.0 and z[0, 2] == -10.0
-
-
-def test_reward_scaler_divides_by_the_std_of_every_discounted_return_so_far():
-    rng = np.random.default_rng(4)
-    gamma, steps = 0.9, 300
-    rewards = rng.normal(1.0, 2.0, size=(steps, 2))
-    dones = rng.random((steps, 2)) < 0.05
-    scaler = RewardScaler(2, gamma)
-    # By hand: G_t = γ G_{t-1} + r_t per env, restarted after an episode ends.
-    g, seen = np.zeros(2), []
-    for t in range(steps):
-        g = gamma * g + rewards[t]
-        seen.append(g.copy())
-        scaled = scaler.scale(rewards[t], dones[t])
-        std = np.sqrt(np.var(np.concatenate(seen)))
-        if t >= 20:  # once the tiny prior of the running statistics has washed out
-            np.testing.assert_allclose(scaled, rewards[t] / std, rtol=1e-3)
-        g = np.where(dones[t], 0.0, g)
-        np.testing.assert_array_equal(scaler.returns, g)
-    assert np.all(np.sign(scaled) == np.sign(rewards[-1]))  # not centred: signs are kept
-    # Clipped at ±10 standard deviations.
-    assert scaler.scale(np.array([1e9, -1e9]), np.zeros(2, bool)).tolist() == [10.0, -10.0]
-
-
-def test_reward_scaler_state_round_trips_and_checks_the_env_count():
-    scaler = RewardScaler(3, 0.99)
-    for r in np.random.default_rng(0).normal(size=(10, 3)):
-        scaler.scale(r, np.zeros(3, bool))
-    copy = RewardScaler(3, 0.5)
-    copy.load_state(scaler.state())
-    r = np.array([0.5, -1.0, 2.0])
-    np.testing.assert_array_equal(copy.scale(r, np.zeros(3, bool)),
-                                  scaler.scale(r, np.zeros(3, bool)))
-    with pytest.raises(ValueError, match="for 3 envs, not 2"):
-        RewardScaler(2, 0.99).load_state(scaler.state())
-
-
 def test_rollout_learns_from_scaled_rewards_and_reports_raw_returns():
     envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2,
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     rng = np.random.default_rng(0)
-    policy = CategoricalPolicy(4, 2, hidden=(8,), rng=rng)
+    policy = mlp_policy(4, CategoricalHead(2), hidden=(8,), rng=rng)
     scaler = RewardScaler(2, 0.99)
     worker = RolloutWorker(envs, policy, None, reward_scaler=scaler)
     worker.reset(seed=0)
@@ -124,7 +82,7 @@ def test_rollout_bootstraps_from_next_or_final_observation():
     envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2,
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     rng = np.random.default_rng(0)
-    policy = CategoricalPolicy(4, 2, hidden=(8,), rng=rng)
+    policy = mlp_policy(4, CategoricalHead(2), hidden=(8,), rng=rng)
     worker = RolloutWorker(envs, policy, None)
     worker.reset(seed=0)
     rollout = worker.collect(policy.numpy_params(), 200, rng)
@@ -137,4 +95,29 @@ def test_rollout_bootstraps_from_next_or_final_observation():
     assert not np.allclose(rollout.bootstrap_obs[t, i], rollout.obs[t + 1, i])
     assert np.abs(rollout.bootstrap_obs[t, i]).max() > 0.05  # a failed pole, not a reset state
     assert len(worker.episode_returns) == min(done.sum(), 20)
+    envs.close()
+
+
+def test_estimate_advantages_is_gae_on_the_values_of_the_batch_and_its_bootstrap_states():
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1", max_episode_steps=15)] * 2,
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    rng = np.random.default_rng(0)
+    policy = mlp_policy(4, CategoricalHead(2), hidden=(8,), rng=rng)
+    value = ValueFunction(MLP(4, (8,), 1, activation="tanh", rng=rng,
+                              output_gain=VALUE_OUTPUT_GAIN))
+    worker = RolloutWorker(envs, policy, None)
+    worker.reset(seed=0)
+    rollout = worker.collect(policy.numpy_params(), 60, rng)
+    assert rollout.truncated.any() and rollout.terminated.any()
+    values, advantages, returns = estimate_advantages(value, rollout, 0.9, 0.8)
+
+    def tf_values(obs):  # V(s) by the TensorFlow forward pass, [T, E]
+        return value(flatten_time(obs)).numpy().reshape(rollout.rewards.shape)
+
+    np.testing.assert_allclose(values, tf_values(rollout.obs), rtol=1e-5, atol=1e-6)
+    expected, _ = compute_gae(rollout.train_rewards, tf_values(rollout.obs),
+                              tf_values(rollout.bootstrap_obs), rollout.terminated,
+                              rollout.truncated, 0.9, 0.8)
+    np.testing.assert_allclose(advantages, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(returns, advantages + values)
     envs.close()

@@ -1,4 +1,5 @@
-"""Run directories: identity checks and the one-writer lock."""
+"""``agents.runs.run_dir``: identity checks, the one-writer lock and the agent's
+:class:`RunWriter`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import sys
 import pytest
 
 from agents.config import complete_saved_config
-from agents.run_dir import (
+from agents.runs.layout import checkpoint_path
+from agents.runs.run_dir import (
     RunDirError,
     RunDirLocked,
     RunLock,
+    RunWriter,
     claim_run_dir,
     describe_mismatch,
     read_run_config,
@@ -43,11 +46,51 @@ def test_claim_writes_the_config_once_and_refuses_another_run(tmp_path):
 def test_the_lock_is_reentrant_in_a_process_and_exclusive_across_processes(tmp_path):
     with RunLock(tmp_path), RunLock(tmp_path):
         probe = subprocess.run(
-            [sys.executable, "-c", "from agents.run_dir import RunLock\n"
+            [sys.executable, "-c", "from agents.runs.run_dir import RunLock\n"
              f"with RunLock({str(tmp_path)!r}): pass"], capture_output=True, text=True,
             timeout=60)
         assert probe.returncode != 0 and "in use by another natgrad-trpo process" in probe.stderr
-    probe = subprocess.run([sys.executable, "-c", "from agents.run_dir import RunLock\n"
+    probe = subprocess.run([sys.executable, "-c", "from agents.runs.run_dir import RunLock\n"
                             f"with RunLock({str(tmp_path)!r}): pass"], timeout=60)
     assert probe.returncode == 0
     assert issubclass(RunDirLocked, RunDirError)
+
+
+# RunWriter: what an agent writes, and when it writes nothing ---------------------------------
+
+
+def test_the_writer_does_nothing_without_a_directory_or_on_a_worker_other_than_the_chief(
+        tmp_path):
+    saved = []
+    for writer in (RunWriter(None), RunWriter(tmp_path / "run", writes=False)):
+        assert not writer.writes
+        with writer.lock():
+            writer.claim("a", CONFIG, 0)
+            assert writer.checkpoint(3, saved.append) is None
+    assert saved == [] and not (tmp_path / "run").exists()
+
+
+def test_the_writer_claims_its_run_and_saves_each_update_once(tmp_path):
+    writer, saved = RunWriter(tmp_path), []
+    with writer.lock():
+        writer.claim("a", CONFIG, 0)
+        assert read_run_config(tmp_path)[0] == "a"
+        path = writer.checkpoint(3, saved.append)
+        assert writer.checkpoint(3, saved.append) == path == checkpoint_path(tmp_path, 3)
+        assert writer.saved_update == 3 and saved == [path]  # written once
+        writer.checkpoint(4, saved.append)
+    assert saved == [path, checkpoint_path(tmp_path, 4)]
+    with pytest.raises(RunDirError, match="holds another run"):
+        RunWriter(tmp_path).claim("b", CONFIG, 0)
+
+
+def test_a_resumed_writer_refuses_a_run_trained_since_it_was_loaded(tmp_path):
+    writer = RunWriter(tmp_path)
+    writer.claim("a", CONFIG, 0)
+    checkpoint_path(tmp_path, 2).parent.mkdir()
+    checkpoint_path(tmp_path, 2).write_bytes(b"x")
+    writer.mark_resumed()
+    assert writer.newest_at_resume == checkpoint_path(tmp_path, 2)
+    checkpoint_path(tmp_path, 4).write_bytes(b"x")  # another process trained it meanwhile
+    with pytest.raises(RunDirError, match="written to after it was loaded"):
+        writer.claim("a", CONFIG, 256)

@@ -1,4 +1,4 @@
-"""agents.spaces: which spaces are taken, how observations are encoded, how actions reach envs.
+"""agents.envs.spaces: which spaces are taken, how observations are encoded, how actions reach envs.
 
 Expected encodings are written out by hand (one-hot vectors, transposed frames)."""
 
@@ -8,8 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agents.normalization import RunningMeanStd
-from agents.spaces import ObservationEncoder, action_layout, check_spaces, env_actions
+from agents.envs.normalization import RunningMeanStd
+from agents.envs.spaces import ObservationEncoder, action_layout, check_spaces, env_actions
 
 S = gym.spaces
 

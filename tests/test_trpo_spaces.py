@@ -12,21 +12,20 @@ import importlib.util
 import numpy as np
 import pytest
 import space_envs
+from conftest import TINY_CONFIG
 from test_cli import run_main
 
 from agents import TRPO
-from agents.checkpoint import read_checkpoint
-
-FAST = {"n_envs": 2, "n_steps": 64, "critic_epochs": 2, "policy_hidden": (16,),
-        "value_hidden": (16,)}
+from agents.runs.checkpoint import read_checkpoint
 
 
 def _weights(agent):
     return [np.asarray(v.numpy()) for v in agent.policy.trainable_variables]
 
 
-def test_multi_discrete_actions_learn_the_known_optimum():
-    agent = TRPO("space_envs:MultiDiscreteBandit-v0", seed=0, **FAST).learn(128 * 15)
+@pytest.mark.slow
+def test_multi_discrete_actions_learn_the_known_optimum(tiny_config):
+    agent = TRPO("space_envs:MultiDiscreteBandit-v0", seed=0, **tiny_config).learn(128 * 15)
     assert agent.policy.distribution.name == "multi_categorical"
     for c in range(3):
         action = agent.predict(np.eye(3, dtype=np.float32)[c])
@@ -34,9 +33,10 @@ def test_multi_discrete_actions_learn_the_known_optimum():
     assert agent.evaluate(10)["mean_return"] == 2.0
 
 
-def test_multi_binary_actions_from_dict_observations_learn_the_known_optimum():
+@pytest.mark.slow
+def test_multi_binary_actions_from_dict_observations_learn_the_known_optimum(tiny_config):
     agent = TRPO("space_envs:MultiBinaryDictBandit-v0", seed=0, normalize_obs=True,
-                 **FAST).learn(128 * 15)
+                 **tiny_config).learn(128 * 15)
     assert agent.policy.distribution.name == "independent_bernoulli"
     assert agent.obs_rms.mean.shape == (4 + 2,)  # one-hot context and the noise vector
     batch = {"context": np.arange(4), "noise": np.zeros((4, 2), np.float32)}
@@ -51,10 +51,11 @@ def image_dict_agent(tmp_path_factory):
     run directory until it is optimal."""
     run_dir = tmp_path_factory.mktemp("spaces") / "image-dict"
     agent = TRPO("space_envs:ImageDictBandit-v0", seed=1, run_dir=run_dir, normalize_obs=True,
-                 checkpoint_every=1, **FAST)
+                 checkpoint_every=1, **TINY_CONFIG)
     return agent.learn(128 * 12), run_dir
 
 
+@pytest.mark.slow
 def test_image_and_vector_dict_learns_the_known_optimum(image_dict_agent):
     agent, _ = image_dict_agent
     assert set(agent.encoder.image_shapes) == {"image_camera"}
@@ -65,6 +66,7 @@ def test_image_and_vector_dict_learns_the_known_optimum(image_dict_agent):
     assert agent.evaluate(8)["mean_return"] == 2.0
 
 
+@pytest.mark.slow
 def test_image_dict_checkpoint_is_arrays_and_round_trips(image_dict_agent, tmp_path):
     agent, run_dir = image_dict_agent
     path = tmp_path / "agent.ckpt"
@@ -84,10 +86,12 @@ def test_image_dict_checkpoint_is_arrays_and_round_trips(image_dict_agent, tmp_p
         np.testing.assert_array_equal(a, b)
 
 
-def test_same_seed_gives_the_same_cnn_run(image_dict_agent):
+@pytest.mark.slow
+def test_same_seed_gives_the_same_cnn_run(image_dict_agent, tiny_config):
     """A second agent with the fixture's seed repeats its first update bit for bit."""
     agent, _ = image_dict_agent
-    twin = TRPO("space_envs:ImageDictBandit-v0", seed=1, normalize_obs=True, **FAST).learn(128)
+    twin = TRPO("space_envs:ImageDictBandit-v0", seed=1, normalize_obs=True,
+                **tiny_config).learn(128)
     first = {k: v for k, v in agent.history[0].items() if k not in ("wall_time",
                                                                       "steps_per_second")}
     assert {k: twin.history[0][k] for k in first} == first
@@ -118,7 +122,7 @@ def test_one_update_on_real_atari_frames():
     agent.learn(64)
     row = agent.history[0]
     assert row["accepted"] == 1 and 0 < row["kl"] <= agent.config.max_kl
-    obs, _ = agent._env_factory().reset(seed=0)
+    obs, _ = agent.env_factory().reset(seed=0)
     assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8 and obs.max() > 0
     assert 0 <= int(agent.predict(obs)) < 6
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import space_envs
 
-from agents.rollout import make_vector_env
-from agents.vector_env import RolloutVectorEnv
+from agents.envs.factories import make_vector_env
+from agents.envs.vector_env import RolloutVectorEnv
 
 SAME_STEP = gym.vector.AutoresetMode.SAME_STEP
 

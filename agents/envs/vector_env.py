@@ -4,8 +4,8 @@
 same step (``AutoresetMode.SAME_STEP``), exactly as ``SyncVectorEnv`` does: the same calls in
 the same order, so the same seeds give the same episodes. Its ``step`` returns only the infos
 a rollout reads: ``final_obs`` (and its mask ``_final_obs``) where an episode ended. The envs'
-own per-step infos are not merged into batched arrays, which on MuJoCo's five reward terms cost
-as much as a fifth of the env step. Everything else (``reset``, spaces, ``call``, ``close``)
+own per-step infos are not merged into batched arrays, which on MuJoCo's reward terms costs
+a noticeable part of the env step. Everything else (``reset``, spaces, ``call``, ``close``)
 is ``SyncVectorEnv``'s.
 """
 

@@ -14,14 +14,21 @@ them, and a small pixel task for showing learning from images on a CPU.
   and episode ends are CartPole-v1's.
 
 Every other id is ``gymnasium.make(id)`` unchanged. Nothing here imports TensorFlow.
+
+:func:`resolve_env` turns what a user passes (an id, an env, a factory) into an id and a
+factory; :func:`make_vector_env` makes the vector env an agent's rollouts step.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 
 import gymnasium as gym
 import numpy as np
+
+from agents.envs.vector_env import RolloutVectorEnv
 
 PIXEL_CARTPOLE_ID = "natgrad/PixelCartPole-v1"
 EXTRAS = {"ALE/": ("ale_py", "atari"), "MiniGrid-": ("minigrid", "minigrid")}
@@ -101,3 +108,42 @@ def make_pixel_cartpole(render_mode=None, **kwargs) -> gym.Env:
 
 if PIXEL_CARTPOLE_ID not in gym.registry:
     gym.register(PIXEL_CARTPOLE_ID, entry_point=make_pixel_cartpole)
+
+
+def resolve_env(env) -> tuple[str, callable]:
+    """``(env_id, factory)`` for an env id string, a ``gymnasium.Env`` or a factory callable.
+
+    An id may name the module that registers it, as ``gymnasium.make`` allows:
+    ``"my_package.envs:MyEnv-v0"`` imports ``my_package.envs`` first. Ids are made by
+    :func:`agents.envs.factories.make_env` (Atari and MiniGrid get their standard wrappers).
+    """
+    if isinstance(env, str):
+        module, sep, name = env.rpartition(":")
+        if sep:
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise ValueError(f"env id {env!r}: cannot import module {module!r} ({e})") from e
+        register_env_family(name)
+        try:
+            gym.spec(name)
+        except gym.error.Error as e:
+            raise ValueError(f"unknown Gymnasium env id {name!r}: {e}") from e
+        return env, functools.partial(make_env, env)
+    if isinstance(env, gym.Env):
+        if env.spec is not None:
+            return env.spec.id, functools.partial(gym.make, env.spec)
+        return type(env).__name__, functools.partial(copy.deepcopy, env)
+    if callable(env):
+        return getattr(env, "__name__", type(env).__name__), env
+    raise ValueError(f"env must be an env id, a gymnasium.Env or a factory; got {type(env)}")
+
+
+def make_vector_env(factory, n_envs: int, vectorization: str) -> gym.vector.VectorEnv:
+    """``n_envs`` copies, auto-reset in the same step (final obs in ``infos["final_obs"]``):
+    :class:`agents.envs.vector_env.RolloutVectorEnv` (a ``SyncVectorEnv``) or an
+    ``AsyncVectorEnv``."""
+    if vectorization == "sync":
+        return RolloutVectorEnv([factory] * n_envs)
+    return gym.vector.AsyncVectorEnv([factory] * n_envs,
+                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)

@@ -1,4 +1,5 @@
-"""progress.csv rows are whole lines; TensorBoard is optional at run time."""
+"""``agents.runs.progress``: progress.csv rows are whole lines; TensorBoard is optional at run
+time."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 
 import pytest
 
-from agents.logger import PROGRESS_KEYS, ProgressLogger
+from agents.runs.progress import PROGRESS_KEYS, ProgressLogger
 
 
 def _row(step: int) -> dict:

@@ -1,6 +1,6 @@
 """What a TRPO checkpoint holds, and how an agent is put back into that state.
 
-A checkpoint (:mod:`agents.checkpoint`) is JSON plus named arrays:
+A checkpoint (:mod:`agents.runs.checkpoint`) is JSON plus named arrays:
 
 * arrays ``policy/NNN``, ``value/NNN``, ``policy_optimizer/NNN``, ``value_optimizer/NNN`` (the
   variables in order), ``obs_rms/mean``, ``obs_rms/var``, ``reward_rms/mean``,
@@ -12,13 +12,18 @@ A checkpoint (:mod:`agents.checkpoint`) is JSON plus named arrays:
   ``epsilon`` (and the reward scaler's ``gamma``), the return window, and the ``history`` of
   progress rows;
 * only with ``save_env_state=True``: the sub-environments of a ``"sync"`` vector env, pickled
-  (see :mod:`agents.checkpoint` for when they are unpickled).
+  (see :mod:`agents.runs.checkpoint` for when they are unpickled).
+
+The functions read and write the agent's public state (``policy``, ``value``, both optimizers,
+the normalizers, ``rng``, counters, ``history``, ``config``, ``run_id``); the rollout worker and
+the env state it restarts from are passed and returned explicitly.
 
 Non-finite weights are never written, and never loaded.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 
@@ -26,14 +31,49 @@ import gymnasium as gym
 import numpy as np
 
 import natgrad
-from agents.checkpoint import ENV_STATE_KEY, Checkpoint, CheckpointError
 from agents.config import complete_saved_config
-from agents.rollout import resolve_env
+from agents.envs.factories import resolve_env
+from agents.runs.checkpoint import ENV_STATE_KEY, Checkpoint, CheckpointError
 
 log = logging.getLogger("agents")
 
 
-def _variable_groups(agent) -> dict[str, list]:
+# Modules that moved since natgrad 0.2, whose classes (e.g. PixelObservation) an env-state
+# pickle written then names.
+MOVED_MODULES = {
+    "agents.env_factories": "agents.envs.factories",
+    "agents.vector_env": "agents.envs.vector_env",
+    "agents.spaces": "agents.envs.spaces",
+    "agents.normalization": "agents.envs.normalization",
+}
+
+
+class _EnvStateUnpickler(pickle.Unpickler):
+    """Unpickles env state written before the modules above moved."""
+
+    def find_class(self, module: str, name: str):
+        return super().find_class(MOVED_MODULES.get(module, module), name)
+
+
+def _unpickle_envs(checkpoint: Checkpoint):
+    """The pickled sub-environments of a trusted checkpoint.
+
+    Raises:
+      CheckpointError: they cannot be unpickled here (a class this version lacks, a
+        truncated pickle), saying how to resume without them.
+    """
+    blob = checkpoint.arrays[ENV_STATE_KEY].tobytes()
+    try:
+        return _EnvStateUnpickler(io.BytesIO(blob)).load()  # noqa: S301 - trusted by the caller
+    except Exception as exc:  # noqa: BLE001 - whatever the pickle names or holds
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path}: its pickled env state cannot be loaded by this "
+            f"version ({type(exc).__name__}: {exc}); resume without trust_env_state "
+            "(--trust-env-state) to re-seed the envs instead") from None
+
+
+def variable_groups(agent) -> dict[str, list]:
+    """Every variable a checkpoint holds, by group, in the order it stores them."""
     return {
         "policy": list(agent.policy.trainable_variables),
         "value": list(agent.value.trainable_variables),
@@ -42,67 +82,20 @@ def _variable_groups(agent) -> dict[str, list]:
     }
 
 
-def normalizer_state(agent) -> tuple:
-    """``(observation statistics, reward scaler)`` states (``None`` where off)."""
-    return (None if agent.obs_rms is None else agent.obs_rms.state(),
-            None if agent.reward_scaler is None else agent.reward_scaler.state())
+def all_variables(agent) -> list:
+    """:func:`variable_groups` as one list."""
+    return [v for group in variable_groups(agent).values() for v in group]
 
 
-def load_normalizer_state(agent, state: tuple) -> None:
-    """Puts back what :func:`normalizer_state` returned (``None`` parts are left as they are)."""
-    obs_state, reward_state = state
-    if obs_state is not None:
-        agent.obs_rms.load_state(obs_state)
-    if reward_state is not None:
-        agent.reward_scaler.load_state(reward_state)
-
-
-def training_snapshot(agent, normalizers: tuple | None = None) -> tuple:
-    """Everything an update changes, to undo it: all variables (weights and optimizer slots)
-    and the normalizers (``normalizers`` if given, else their state now)."""
-    variables = [v.numpy() for v in _all_variables(agent)]
-    return variables, normalizer_state(agent) if normalizers is None else normalizers
-
-
-def restore_training_snapshot(agent, snapshot: tuple) -> None:
-    """Puts back what :func:`training_snapshot` took."""
-    variables, normalizers = snapshot
-    for variable, value in zip(_all_variables(agent), variables, strict=True):
-        variable.assign(value)
-    load_normalizer_state(agent, normalizers)
-
-
-def _all_variables(agent) -> list:
-    return [v for group in _variable_groups(agent).values() for v in group]
-
-
-def restore_worker(agent, worker, pending: dict, reseed: int) -> None:
-    """Puts a new rollout worker into a checkpoint's state (``agent._pending_env_state``): the
-    pickled sync envs where given and trusted, else fresh envs seeded ``reseed`` (the episodes
-    in progress are lost). The normalizers keep the checkpoint's state either way."""
-    # A reset feeds the first observations to the normalizers: keep their saved state.
-    obs_state, reward_state = normalizer_state(agent)
-    if pending["sub_envs"] is not None and isinstance(worker.envs, gym.vector.SyncVectorEnv):
-        worker.envs.envs = pending["sub_envs"]
-        worker.load_state(pending["worker"])
-    else:
-        worker.reset(reseed)
-        n_envs = worker.envs.num_envs
-        worker.load_state({**pending["worker"], "last_obs": worker.last_obs,
-                           "running_returns": np.zeros(n_envs)})
-        if reward_state is not None:
-            reward_state["returns"] = np.zeros(n_envs)
-    load_normalizer_state(agent, (obs_state, reward_state))
-
-
-def agent_checkpoint(agent) -> tuple[dict, dict[str, np.ndarray]]:
-    """``(meta, arrays)`` of ``agent``'s whole training state.
+def agent_checkpoint(agent, worker) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(meta, arrays)`` of ``agent``'s whole training state, with its rollout ``worker``'s
+    (``None`` before the first rollout).
 
     Raises:
       ValueError: a weight or optimizer slot is NaN or infinite (nothing is written).
     """
     arrays: dict[str, np.ndarray] = {}
-    for group, variables in _variable_groups(agent).items():
+    for group, variables in variable_groups(agent).items():
         for i, variable in enumerate(variables):
             value = np.asarray(variable.numpy())
             if not np.all(np.isfinite(value)):
@@ -132,7 +125,6 @@ def agent_checkpoint(agent) -> tuple[dict, dict[str, np.ndarray]]:
         meta["reward_rms"] = {k: state[k] for k in ("count", "clip", "epsilon", "gamma")}
         for key in ("mean", "var", "returns"):
             arrays[f"reward_rms/{key}"] = np.asarray(state[key], np.float64)
-    worker = agent._worker
     if worker is not None:
         meta["worker"] = {"episode_returns": list(worker.episode_returns),
                           "episodes": worker.episodes}
@@ -168,21 +160,12 @@ def _last_obs(checkpoint: Checkpoint):
     return _array(checkpoint, "worker/last_obs")
 
 
-def restore_agent(agent, checkpoint: Checkpoint, *, trust_env_state: bool = False) -> None:
-    """Puts ``agent`` (built from the checkpoint's config) into the checkpoint's state.
-
-    Everything is checked before the first variable changes: names, counts, shapes and
-    finiteness of the arrays, and the JSON fields' types.
-
-    Raises:
-      CheckpointError: naming the file and what does not fit.
-    """
-    meta, path = checkpoint.meta, checkpoint.path
-    if meta.get("env_id") != agent.config.env_id:
-        raise CheckpointError(f"checkpoint {path} is for env {meta.get('env_id')!r}, "
-                              f"this agent is for {agent.config.env_id!r}")
+def _checked_assignments(agent, checkpoint: Checkpoint) -> list[tuple]:
+    """``[(variable, value)]`` for every variable of the agent, each value checked against its
+    variable (count, shape, kind, finiteness) before anything is assigned."""
+    path = checkpoint.path
     assignments = []
-    for group, variables in _variable_groups(agent).items():
+    for group, variables in variable_groups(agent).items():
         stored = sorted(k for k in checkpoint.arrays if k.startswith(group + "/"))
         if len(stored) != len(variables):
             raise CheckpointError(
@@ -199,6 +182,27 @@ def restore_agent(agent, checkpoint: Checkpoint, *, trust_env_state: bool = Fals
             if not np.all(np.isfinite(value)):
                 raise CheckpointError(f"checkpoint {path}: {name} holds NaN or infinite values")
             assignments.append((variable, value))
+    return assignments
+
+
+def restore_agent(agent, checkpoint: Checkpoint, *,
+                  trust_env_state: bool = False) -> dict | None:
+    """Puts ``agent`` (built from the checkpoint's config) into the checkpoint's state, and
+    returns the env state its next rollout worker starts from
+    (:meth:`agents.rollout.RolloutWorker.restore`;
+    ``None`` for a checkpoint saved before the first rollout).
+
+    Everything is checked before the first variable changes: names, counts, shapes and
+    finiteness of the arrays, and the JSON fields' types.
+
+    Raises:
+      CheckpointError: naming the file and what does not fit.
+    """
+    meta, path = checkpoint.meta, checkpoint.path
+    if meta.get("env_id") != agent.config.env_id:
+        raise CheckpointError(f"checkpoint {path} is for env {meta.get('env_id')!r}, "
+                              f"this agent is for {agent.config.env_id!r}")
+    assignments = _checked_assignments(agent, checkpoint)
     try:
         counters = (int(meta["num_timesteps"]), int(meta["updates"]), float(meta["wall_time"]))
         history = [dict(row) for row in meta["history"]]
@@ -228,32 +232,31 @@ def restore_agent(agent, checkpoint: Checkpoint, *, trust_env_state: bool = Fals
                                   "var": _array(checkpoint, "obs_rms/var")})
     if reward_state is not None:
         agent.reward_scaler.load_state(reward_state)
-    agent._worker = None
-    agent._pending_env_state = None
-    if worker_meta is not None:
-        sub_envs = None
-        if ENV_STATE_KEY in checkpoint.arrays:
-            if trust_env_state:
-                sub_envs = pickle.loads(checkpoint.arrays[ENV_STATE_KEY].tobytes())  # noqa: S301
-            else:
-                log.warning("%s holds pickled env state, which is not loaded unless you trust "
-                            "the file (trust_env_state=True, or --trust-env-state); the envs "
-                            "are re-seeded instead", path)
-        agent._pending_env_state = {
-            "worker": {**worker_meta,
-                       "running_returns": _array(checkpoint, "worker/running_returns"),
-                       "last_obs": _last_obs(checkpoint)},
-            "sub_envs": sub_envs,
-        }
+    if worker_meta is None:
+        return None
+    sub_envs = None
+    if ENV_STATE_KEY in checkpoint.arrays:
+        if trust_env_state:
+            sub_envs = _unpickle_envs(checkpoint)
+        else:
+            log.warning("%s holds pickled env state, which is not loaded unless you trust "
+                        "the file (trust_env_state=True, or --trust-env-state); the envs "
+                        "are re-seeded instead", path)
+    return {
+        "worker": {**worker_meta,
+                   "running_returns": _array(checkpoint, "worker/running_returns"),
+                   "last_obs": _last_obs(checkpoint)},
+        "sub_envs": sub_envs,
+    }
 
 
-def agent_from_checkpoint(cls, checkpoint: Checkpoint, *, env=None, run_dir=None,
-                          trust_env_state: bool = False, strategy=None):
-    """A new ``cls`` (``agents.TRPO``) built from the checkpoint's configuration and put into
-    its state; ``env`` (an id, a ``gymnasium.Env`` or a factory) defaults to the saved id.
+def saved_settings(checkpoint: Checkpoint, env=None) -> tuple[object, dict]:
+    """``(env, settings)`` to build the agent a checkpoint was saved from: ``env`` (an id, a
+    ``gymnasium.Env`` or a factory; default the saved id) and every config field (with
+    ``env_id`` among them when ``env`` is not an id).
 
     Raises:
-      CheckpointError: for another env than ``env``, or a file this version cannot use.
+      CheckpointError: for another env than ``env``, or a file without a configuration.
     """
     meta = checkpoint.meta
     expected = resolve_env(env)[0] if isinstance(env, str) else None
@@ -264,14 +267,6 @@ def agent_from_checkpoint(cls, checkpoint: Checkpoint, *, env=None, run_dir=None
         raise CheckpointError(f"checkpoint {checkpoint.path} has no configuration")
     settings = complete_saved_config(meta["config"])
     env_id = settings.pop("env_id", meta.get("env_id"))
-    try:
-        if env is None or isinstance(env, str):
-            agent = cls(env_id, run_dir=run_dir, strategy=strategy, **settings)
-        else:  # a gymnasium.Env or factory keeps the saved env id
-            agent = cls(env, run_dir=run_dir, strategy=strategy, env_id=env_id, **settings)
-    except TypeError as exc:  # a config field this version does not know
-        raise CheckpointError(f"checkpoint {checkpoint.path}: {exc}") from None
-    restore_agent(agent, checkpoint, trust_env_state=trust_env_state)
-    agent.run_id = meta.get("run_id") or agent.run_id
-    agent._saved_update = agent.updates
-    return agent
+    if env is None or isinstance(env, str):
+        return env_id, settings
+    return env, {**settings, "env_id": env_id}  # a gymnasium.Env or factory keeps the id

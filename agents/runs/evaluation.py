@@ -1,9 +1,9 @@
 """Deterministic evaluation of a TRPO agent: returns, ``eval.json`` and mp4 videos.
 
-* :func:`evaluate_policy`: the deterministic policy (mean action, or argmax) on a fresh env,
-  episode ``i`` reset with ``seed + i``; unnormalized env rewards. An episode still running
-  after ``max_episode_steps`` is cut there and counted, so an env that never ends cannot hang
-  the evaluation.
+* :func:`evaluate_policy`: a policy (for an agent, its deterministic one: mean action, or
+  argmax) on a fresh env, episode ``i`` reset with ``seed + i``; unnormalized env rewards. An
+  episode still running after ``max_episode_steps`` is cut there and counted, so an env that
+  never ends cannot hang the evaluation.
 * :func:`evaluation_record` / :func:`write_evaluation`: the ``eval.json`` of a run directory.
 * :func:`record_videos`: episodes as mp4 through Gymnasium's ``RecordVideo`` (needs the
   ``video`` extra, i.e. moviepy).
@@ -13,34 +13,31 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
-from agents.checkpoint import atomic_write_bytes
-from agents.env_factories import make_env
-from agents.rollout import env_actions
+from agents.envs.factories import make_env
+from agents.runs.files import atomic_write_bytes
+from agents.runs.layout import EVAL_FILE, VIDEO_DIR
 
-EVAL_FILE = "eval.json"
-VIDEO_DIR = "videos"
 EVAL_SEED_OFFSET = 10_000  # evaluation envs are seeded apart from the training envs
 
 
-def evaluate_policy(agent, episodes: int, seed: int, max_episode_steps: int) -> dict:
-    """``{mean_return, std_return, episodes, returns, cut_episodes}`` of ``agent``'s
-    deterministic policy over ``episodes`` episodes of a fresh env."""
-    env = agent._env_factory()
-    params = agent.policy.numpy_params()
+def evaluate_policy(env_factory: Callable[[], gym.Env], act: Callable[[object], object],
+                    episodes: int, seed: int, max_episode_steps: int) -> dict:
+    """``{mean_return, std_return, episodes, returns, cut_episodes}`` of ``act`` (one raw
+    observation -> the env's action) over ``episodes`` episodes of a fresh ``env_factory()``."""
+    env = env_factory()
     returns, cut = [], 0
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
             total, done, steps = 0.0, False, 0
             while not done and steps < max_episode_steps:
-                action = agent.policy.numpy_act(params, agent._encode(agent.encoder.stack([obs])),
-                                                None, deterministic=True)
-                obs, reward, terminated, truncated, _ = env.step(
-                    env_actions(agent.action_space, action)[0])
+                obs, reward, terminated, truncated, _ = env.step(act(obs))
                 total += float(reward)
                 steps += 1
                 done = terminated or truncated
@@ -54,7 +51,7 @@ def evaluate_policy(agent, episodes: int, seed: int, max_episode_steps: int) -> 
 
 def training_wall_time(run_dir: Path) -> float | None:
     """The last ``wall_time`` logged in ``progress.csv``, or None."""
-    from agents.plotting import read_progress
+    from agents.runs.plotting import read_progress
 
     try:
         wall = read_progress(run_dir).get("wall_time")
@@ -99,7 +96,6 @@ def has_video_encoder() -> bool:
 
 def record_videos(agent, run_dir: Path, episodes: int, seed: int) -> list[Path]:
     """Records ``episodes`` deterministic episodes as mp4 into ``run_dir/videos``."""
-    import gymnasium as gym
     from gymnasium.wrappers import RecordVideo
 
     video_dir = Path(run_dir) / VIDEO_DIR

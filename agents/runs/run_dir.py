@@ -1,12 +1,7 @@
 """A run directory: its identity (``config.json``), its one writer (a lock) and its checkpoints.
 
-A run directory written by :meth:`agents.TRPO.learn` holds::
-
-    config.json      {"run_id": "<32 hex digits>", "config": {TRPOConfig fields}}
-    .lock            held (``flock``) by the one process writing the run; holds its pid
-    progress.csv     one row per update (agents.logger)
-    tb/              TensorBoard scalars
-    checkpoints/     update_NNNNNN.ckpt (agents.checkpoint)
+The files are listed in :mod:`agents.runs.layout`. :class:`RunWriter` is what an agent holds:
+the lock, the claim and the checkpoints of the one run it writes.
 
 ``run_id`` is drawn when the run starts and written into every checkpoint, so a checkpoint
 copied in from another run (another env, seed, network, or just another run of the same
@@ -21,29 +16,31 @@ refused with the first one's pid. The kernel drops the lock when its process die
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from agents.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    atomic_write_bytes,
+from agents.config import complete_saved_config
+from agents.runs.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from agents.runs.files import atomic_write_bytes
+from agents.runs.layout import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LOCK_FILE,
+    checkpoint_path,
     list_checkpoints,
-    read_checkpoint,
     remove_temporary_files,
 )
-from agents.config import complete_saved_config
-from agents.logger import ProgressLogger
+from agents.runs.progress import ProgressLogger
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-CONFIG_FILE = "config.json"
-LOCK_FILE = ".lock"
 log = logging.getLogger("agents")
 
 
@@ -134,7 +131,7 @@ def select_checkpoint(run_dir: str | Path, run_id: str | None,
         problem = describe_mismatch(checkpoint.meta, run_id, config)
         if problem is not None:
             raise RunDirError(f"{path} does not belong to this run: {problem}. Move it out of "
-                              f"{Path(run_dir) / 'checkpoints'} to use this run's own files")
+                              f"{Path(run_dir) / CHECKPOINT_DIR} to use this run's own files")
         return checkpoint, notes
     return None, notes
 
@@ -237,3 +234,47 @@ class RunLock:
         if entry[1] == 0:
             del self._held[key]
             os.close(entry[0])  # closing the descriptor releases the flock
+
+
+class RunWriter:
+    """The run directory as one agent writes it: its lock, its claim and its checkpoints.
+
+    Does nothing without a directory or on a worker other than the chief (``writes`` false).
+    After :meth:`mark_resumed`, the next :meth:`claim` checks that nobody trained the run since
+    it was loaded and drops the progress rows past the checkpoint.
+    """
+
+    def __init__(self, run_dir: str | Path | None, *, writes: bool = True):
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.writes = self.run_dir is not None and writes
+        self.saved_update: int | None = None  # the update the newest checkpoint holds
+        self.resumed = False
+        self.newest_at_resume: Path | None = None
+
+    def lock(self):
+        """The :class:`RunLock` to train under (a null context when not writing)."""
+        return RunLock(self.run_dir) if self.writes else contextlib.nullcontext()
+
+    def mark_resumed(self) -> None:
+        """Records that the run was loaded to be resumed, and its newest checkpoint now."""
+        self.resumed = True
+        self.newest_at_resume = (list_checkpoints(self.run_dir) or [None])[0]
+
+    def claim(self, run_id: str, config: dict, num_timesteps: int) -> None:
+        """:func:`claim_run_dir`, under the lock, at the start of training."""
+        if self.writes:
+            claim_run_dir(self.run_dir, run_id, config,
+                          resumed_at=num_timesteps if self.resumed else None,
+                          newest_at_resume=self.newest_at_resume)
+            self.resumed = False
+
+    def checkpoint(self, update: int, save: Callable[[Path], None]) -> Path | None:
+        """``save(path)`` of the checkpoint after ``update`` updates, unless it is written
+        already; its path (``None`` when not writing)."""
+        if not self.writes:
+            return None
+        path = checkpoint_path(self.run_dir, update)
+        if self.saved_update != update:
+            save(path)
+            self.saved_update = update
+        return path

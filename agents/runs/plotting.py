@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-PROGRESS_FILE = "progress.csv"
-CONFIG_FILE = "config.json"
+from agents.runs.layout import CONFIG_FILE, PROGRESS_FILE
+
 GRID_POINTS = 200
 
 

@@ -13,8 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agents.overrides import parse_overrides
-from agents.run_dir import LOCK_FILE, RunDirError, RunLock, read_run_config, select_checkpoint
+from agents.cli.overrides import parse_overrides
+from agents.runs.layout import LOCK_FILE
+from agents.runs.run_dir import RunDirError, RunLock, read_run_config, select_checkpoint
 
 DEFAULT_ENV_ID = "CartPole-v1"
 RUNS_DIR = Path("runs")
@@ -137,7 +138,7 @@ def prepare_resume(args):
 def _new_run_config(args):
     """``(env_id, overrides, config)`` of a new run, validated without TensorFlow."""
     from agents.config import PRESET_NAMES, TRPOConfig, resolve_config
-    from agents.rollout import resolve_env
+    from agents.envs.factories import resolve_env
 
     env_id = args.env_id or DEFAULT_ENV_ID
     try:
@@ -161,8 +162,10 @@ def _new_run_config(args):
 def _saved_tf_threads(config: dict) -> int:
     """A run's ``tf_threads`` as its config.json says (0 when absent or not an integer: the
     agent's own checks then report the file)."""
+    from agents.config import is_int
+
     value = config.get("tf_threads", 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if is_int(value) and value > 0 else 0
 
 
 def _cluster_strategy(tf_threads: int):

@@ -44,6 +44,11 @@ def map_obs(fn, *obs):
     return fn(*obs)
 
 
+def flatten_time(x):
+    """``[T, E, ...] -> [T·E, ...]`` (time-major order), leaf by leaf."""
+    return map_obs(lambda a: a.reshape(a.shape[0] * a.shape[1], *a.shape[2:]), x)
+
+
 def obs_leaves(obs) -> list:
     """``[(name, array)]`` of an array (name ``""``) or a dict of arrays (sorted by key)."""
     return sorted(obs.items()) if isinstance(obs, dict) else [("", obs)]

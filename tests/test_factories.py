@@ -1,4 +1,4 @@
-"""agents.env_factories: the pixel CartPole shows what render() draws, and a missing optional
+"""agents.envs.factories: the pixel CartPole shows what render() draws, and a missing optional
 package is named with the extra that installs it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agents.env_factories import PIXEL_CARTPOLE_ID, make_env, register_env_family
+from agents.envs.factories import PIXEL_CARTPOLE_ID, make_env, register_env_family
 
 
 def test_pixel_cartpole_observation_is_the_block_mean_of_the_rendered_frame():

@@ -31,9 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from agents.overrides import parse_int
-from agents.run_dir import RunDirError
-from agents.run_setup import (
+from agents.cli.overrides import parse_int
+from agents.cli.setup import (
     DEFAULT_ENV_ID,
     RunFailed,
     UsageError,
@@ -45,8 +44,9 @@ from agents.run_setup import (
     prepare_new_run,
     prepare_resume,
 )
+from agents.runs.layout import CURVE_FILE
+from agents.runs.run_dir import RunDirError
 
-CURVE_FILE = "learning_curve.png"
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
@@ -92,9 +92,9 @@ def cmd_train(args) -> int:
 
 
 def _train(agent, run_dir: Path, budget: int, *, resumed: bool) -> int:
-    from agents.evaluation import evaluation_record, write_evaluation
-    from agents.plotting import plot_learning_curves
     from agents.rollout import NonFiniteError
+    from agents.runs.evaluation import evaluation_record, write_evaluation
+    from agents.runs.plotting import plot_learning_curves
     from agents.stop_signals import TrainingInterrupted
 
     config = agent.config
@@ -146,7 +146,7 @@ def cmd_eval(args) -> int:
 
     The result is printed before ``eval.json`` is written, so a read-only run still shows it.
     """
-    from agents.evaluation import (
+    from agents.runs.evaluation import (
         evaluation_record,
         has_video_encoder,
         record_videos,
@@ -174,7 +174,8 @@ def cmd_eval(args) -> int:
 
 def cmd_plot(args) -> int:
     """``plot``: learning curves of one or several runs (seeds of an env averaged)."""
-    from agents.plotting import PROGRESS_FILE, group_runs_by_env, plot_learning_curves
+    from agents.runs.layout import PROGRESS_FILE
+    from agents.runs.plotting import group_runs_by_env, plot_learning_curves
 
     run_dirs = [Path(d) for d in args.run_dirs]
     missing = [str(d) for d in run_dirs if not (d / PROGRESS_FILE).is_file()]

@@ -33,8 +33,8 @@ class RunningMeanStd:
         """Merges a batch ``[B, *shape]`` into the statistics."""
         batch = np.asarray(batch, np.float64)
         batch_count = batch.shape[0]
-        # np.mean / np.var's arithmetic, without their per-call overhead (~40 µs on a few rows;
-        # this runs every env step).
+        # np.mean / np.var's arithmetic, without their per-call overhead (this runs every env
+        # step, on a few rows).
         batch_mean = np.add.reduce(batch, axis=0) / batch_count
         deviation = batch - batch_mean
         batch_var = np.add.reduce(deviation * deviation, axis=0) / batch_count
@@ -97,3 +97,19 @@ class RewardScaler:
             raise ValueError(f"reward scaler state for {returns.shape[0]} envs, "
                              f"not {self.returns.shape[0]}")
         self.returns = returns
+
+
+def normalizer_state(obs_rms: RunningMeanStd | None, reward_scaler: RewardScaler | None) -> tuple:
+    """``(observation statistics, reward scaler)`` states (``None`` where off)."""
+    return (None if obs_rms is None else obs_rms.state(),
+            None if reward_scaler is None else reward_scaler.state())
+
+
+def load_normalizer_state(obs_rms: RunningMeanStd | None, reward_scaler: RewardScaler | None,
+                          state: tuple) -> None:
+    """Puts back what :func:`normalizer_state` returned (``None`` parts are left as they are)."""
+    obs_state, reward_state = state
+    if obs_state is not None:
+        obs_rms.load_state(obs_state)
+    if reward_state is not None:
+        reward_scaler.load_state(reward_state)

@@ -18,7 +18,8 @@ you wrote yourself.
 
 Writing goes to a temporary file beside the target, which is fsynced and then ``os.replace``d
 over it, so a crash leaves the old file or the new one, never half of one; a crash can leave
-the temporary file (``.NAME.*.tmp``), which :func:`remove_temporary_files` clears.
+the temporary file (``.NAME.*.tmp``), which :func:`agents.runs.layout.remove_temporary_files`
+clears.
 
 Files of format 1 (natgrad 0.1, a pickle) are recognised and refused with a message saying so.
 """
@@ -28,14 +29,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from agents.runs.files import atomic_write_bytes
+from agents.runs.layout import CHECKPOINT_DIR, list_checkpoints
 
 MAGIC = b"NATGRAD-TRPO-v2\n"
 OLDER_MAGICS = {b"NATGRAD-TRPO-v1\n": 1}
@@ -43,8 +44,6 @@ FORMAT_VERSION = 2
 META_KEY = "__meta__"
 ENV_STATE_KEY = "env_state_pickle"
 _DIGEST_BYTES = 32
-_NAME = re.compile(r"update_(\d+)\.ckpt$")
-_TEMPORARY = ".*.tmp"
 
 
 class CheckpointError(ValueError):
@@ -62,23 +61,6 @@ class Checkpoint:
     @property
     def update(self) -> int:
         return int(self.meta.get("updates", -1))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via temp file + fsync + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_checkpoint(path: str | Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -141,32 +123,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, meta, arrays)
 
 
-def checkpoint_path(run_dir: str | Path, update: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"update_{update:06d}.ckpt"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """``run_dir/checkpoints/update_*.ckpt``, newest (highest update number) first."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.glob("update_*.ckpt")
-             if (m := _NAME.search(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
-
-
 def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint with the highest update number (not checked: see ``agents.run_dir``)."""
+    """The checkpoint with the highest update number (not checked: see
+    :mod:`agents.runs.run_dir`)."""
     found = list_checkpoints(run_dir)
     if not found:
-        raise CheckpointError(f"no checkpoint found under {Path(run_dir) / 'checkpoints'}")
+        raise CheckpointError(f"no checkpoint found under {Path(run_dir) / CHECKPOINT_DIR}")
     return found[0]
-
-
-def remove_temporary_files(run_dir: str | Path) -> list[Path]:
-    """Deletes temporary files a crash left in ``run_dir/checkpoints``; returns them."""
-    folder = Path(run_dir) / "checkpoints"
-    removed = sorted(folder.glob(_TEMPORARY)) if folder.is_dir() else []
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
