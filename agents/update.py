@@ -44,14 +44,26 @@ from natgrad.distribute import ReplicaMean, replica_context
 from natgrad.structure import all_finite
 
 
+def natural_gradient_settings(cfg) -> dict:
+    """Every :class:`natgrad.NaturalGradient` argument of TRPO's policy step, spelled out: a
+    default that ``NaturalGradient`` changes for Keras users does not change TRPO's update.
+    The step is TRPO's (Schulman et al., 2015): CG from zero, unpreconditioned, fixed damping,
+    the KL trust region and a backtracking line search."""
+    return {
+        "learning_rate": 1.0, "curvature": "fisher", "damping": cfg.cg_damping,
+        "adaptive_damping": False, "cg_iters": cfg.cg_iters, "cg_tol": 1e-10,
+        "cg_preconditioner": None, "max_kl": cfg.max_kl,
+        "line_search_shrink": cfg.line_search_shrink,
+        "line_search_max_tries": cfg.line_search_max_tries,
+        "curvature_batch_fraction": 1.0, "hvp_method": "forward_over_reverse",
+    }
+
+
 def make_optimizers(cfg, policy, value) -> tuple[natgrad.NaturalGradient,
                                                    keras.optimizers.Adam]:
     """The policy's :class:`natgrad.NaturalGradient` (trust region ``max_kl``, damping
     ``cg_damping``) and the value's Adam, built for their variables."""
-    policy_optimizer = natgrad.NaturalGradient(
-        learning_rate=1.0, max_kl=cfg.max_kl, damping=cfg.cg_damping, cg_iters=cfg.cg_iters,
-        line_search_shrink=cfg.line_search_shrink,
-        line_search_max_tries=cfg.line_search_max_tries)
+    policy_optimizer = natgrad.NaturalGradient(**natural_gradient_settings(cfg))
     policy_optimizer.build(policy.trainable_variables)
     value_optimizer = keras.optimizers.Adam(learning_rate=cfg.critic_lr,
                                             epsilon=cfg.critic_epsilon)

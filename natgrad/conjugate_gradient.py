@@ -150,21 +150,25 @@ def conjugate_gradient(
         ap = damped_matvec(p)
         p_ap = dot(p, ap)
         bad_curvature = p_ap <= 0.0
-        finite_product = all_finite(ap) & tf.math.is_finite(p_ap)
+        # p is finite, so pᵀAp is finite exactly when A p is: no elementwise scan needed.
+        finite_product = tf.math.is_finite(p_ap)
         safe_p_ap = tf.where(bad_curvature | ~finite_product, tf.ones_like(p_ap), p_ap)
         alpha = rz / safe_p_ap
         x_new = _axpy(alpha, p, x)
         r_new = _axpy(-alpha, ap, r)
         z_new = precondition(r_new)
         rz_new = dot(r_new, z_new)
-        r_norm_new = tf.sqrt(dot(r_new, r_new))
-        finite = finite_product & all_finite(x_new, r_new) & tf.math.is_finite(rz_new)
+        r_r_new = dot(r_new, r_new)
+        r_norm_new = tf.sqrt(r_r_new)
+        # Sums of squares and products are finite exactly when their vectors are.
+        finite = (finite_product & tf.math.is_finite(r_r_new) & tf.math.is_finite(rz_new)
+                  & tf.math.is_finite(dot(x_new, x_new)))
         ok = finite & ~bad_curvature
         beta = rz_new / tf.where(rz == 0.0, tf.ones_like(rz), rz)
         p_new = _axpy(beta, p, z_new)
 
-        def keep(new, old):
-            return tf.nest.map_structure(lambda a, b: tf.where(ok, a, b), new, old)
+        def keep(new, old):  # one branch, not an elementwise select per tensor
+            return tf.cond(ok, lambda: new, lambda: old)
 
         step_status = tf.where(
             ~finite,
@@ -179,9 +183,7 @@ def conjugate_gradient(
         return (
             i + tf.where(ok, 1, 0),
             stop,
-            keep(x_new, x),
-            keep(r_new, r),
-            keep(p_new, p),
+            *keep((x_new, r_new, p_new), (x, r, p)),
             tf.where(ok, rz_new, rz),
             tf.where(ok, r_norm_new, r_norm),
             step_status,

@@ -4,7 +4,9 @@
 (:mod:`natgrad.keras_fit`), and to behave as Keras' own TensorFlow ``train_step`` does it reads
 a few names Keras does not document. They are all here, so a Keras release that changes them
 breaks this one module (and ``tests/test_keras_fit.py``), and the rest of natgrad uses public
-API only. Checked against Keras 3.15.x (3.15.1) with TensorFlow 2.21, where
+API only. Checked against Keras 3.12.0, 3.13.2, 3.14.1 and 3.15.1 with TensorFlow 2.21 (the
+range ``pyproject.toml`` allows; ``.ci/run`` also runs the Keras tests on the newest Keras that
+TensorFlow accepts), where
 ``keras/src/backend/tensorflow/trainer.py`` (``train_step``, ``make_train_function``),
 ``keras/src/trainers/trainer.py`` (``compile``, ``_compute_loss``) and
 ``keras/src/trainers/compile_utils.py`` (``CompileLoss``) define them:
@@ -22,15 +24,20 @@ API only. Checked against Keras 3.15.x (3.15.1) with TensorFlow 2.21, where
 * ``model.train_function``: not private by name, but ``make_train_function`` caches the
   compiled ``train_step`` there and builds it again only when it is ``None``
   (:func:`install_train_step`).
+* ``LossScaleOptimizer.dynamic_scale``, ``.step_counter`` and ``.dynamic_growth_steps``
+  (``keras/src/optimizers/loss_scale_optimizer.py``): the dynamic loss scale that ``compile``
+  under ``mixed_float16`` wraps the optimizer in, created by its ``build``, and its update
+  rule (:func:`loss_scale_state`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import keras
 
-CHECKED_KERAS_VERSIONS = "3.15.x"
+CHECKED_KERAS_VERSIONS = ">=3.12,<3.16"  # as pyproject.toml declares
 
 
 def call_model(model: keras.Model, x, *, training: bool = True):
@@ -78,12 +85,35 @@ def install_train_step(model: keras.Model, train_step: Callable) -> None:
     model.train_function = None
 
 
+class LossScaleState(NamedTuple):
+    """A ``LossScaleOptimizer``'s dynamic loss scale: ``scale`` (float32 variable, a power of
+    two), ``counter`` (int variable: finite steps since it last changed) and ``growth_steps``
+    (the scale doubles after that many finite steps, and halves on a non-finite gradient)."""
+
+    scale: keras.Variable
+    counter: keras.Variable
+    growth_steps: int
+
+
+def loss_scale_state(optimizer, variables) -> LossScaleState | None:
+    """The dynamic loss scale of ``optimizer`` if it is a ``keras.optimizers.LossScaleOptimizer``
+    (built on ``variables`` first if ``fit`` has not built it), else ``None``."""
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return None
+    if not optimizer.built:
+        optimizer.build(variables)
+    return LossScaleState(optimizer.dynamic_scale, optimizer.step_counter,
+                          int(optimizer.dynamic_growth_steps))
+
+
 __all__ = [
     "CHECKED_KERAS_VERSIONS",
+    "LossScaleState",
     "call_model",
     "compiled_loss",
     "compiled_loss_variables",
     "compiled_loss_weights",
     "install_train_step",
+    "loss_scale_state",
     "loss_tracker",
 ]

@@ -31,6 +31,14 @@ One step on a batch ``x`` of ``n`` samples, with ``r = reference_batch_size``:
   see :mod:`natgrad.keras_losses`.
 * **Logs.** ``kl``, ``accepted`` and ``line_search_tries`` are logged as epoch means next to
   the loss and metrics. ``optimizer.iterations`` counts steps attempted, accepted or not.
+* **XLA** (``compile(jit_compile=True)``, or ``"auto"`` on a GPU). Every shape must follow
+  from the batch's: the topped-up curvature batch has ``max(n, r)`` rows however full the
+  ring is, and rows the ring cannot fill yet are left out of the KL and the curvature by a
+  mask (:func:`natgrad.keras_losses.mean_over_leading_rows`): the step is the one without XLA.
+* **Mixed precision** (``mixed_float16``, where ``compile`` wraps the optimizer in a
+  ``LossScaleOptimizer``): the gradient is taken with that optimizer's dynamic loss scale, a
+  step with a non-finite scaled gradient is skipped and the scale moves as Keras moves it, and
+  curvature products are scaled through float16 (:mod:`natgrad.keras_mixed_precision`).
 """
 
 from __future__ import annotations
@@ -49,17 +57,20 @@ from natgrad.keras_adapter import (
     compiled_loss_variables,
     compiled_loss_weights,
     install_train_step,
+    loss_scale_state,
     loss_tracker,
 )
 from natgrad.keras_losses import (
     SUPPORTED_LOSSES,
     check_losses,
     compiled_output_distribution,
+    mean_over_leading_rows,
     output_distribution_for_loss,
     output_losses,
 )
+from natgrad.keras_mixed_precision import LossScale, curvature_arguments
 from natgrad.optimizer import NaturalGradient
-from natgrad.recent_inputs import RecentInputs, top_up
+from natgrad.recent_inputs import RecentInputs, top_up, top_up_to_fixed_size
 from natgrad.structure import as_tf_variables
 
 STEP_METRICS = ("kl", "accepted", "line_search_tries")
@@ -146,12 +157,15 @@ class _StatelessForward:
         self.metric_variables = compiled_loss_variables(model)
         self.kept: list = []
 
-    def run(self, fn, *, keep: bool = False):
+    def run(self, fn, *, keep: bool = False, loss_scale: LossScale | None = None):
         # Trainable variables map to their current value, read here (inside the caller's
         # tapes, so gradients and JVPs flow to them): Keras' weight regularizers look every
-        # trainable variable up in the scope.
-        mapping = [(v, t) for v, t in zip(self.trainable, as_tf_variables(self.trainable),
-                                          strict=True)]
+        # trainable variable up in the scope. With a loss scale, each read divides the
+        # gradient reaching its variable by the scale.
+        values = as_tf_variables(self.trainable)
+        if loss_scale is not None:
+            values = [loss_scale.unscale_gradient(tf.convert_to_tensor(t)) for t in values]
+        mapping = [(v, t) for v, t in zip(self.trainable, values, strict=True)]
         mapping += list(zip(self.variables, self.start, strict=True))
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             result = fn()
@@ -189,31 +203,43 @@ def _update_step_metrics(trackers: dict, stats: dict, epoch_start) -> dict:
 
 
 def _curvature_batch(optimizer: NaturalGradient, x, state: FitState | None, n_global, *,
-                     distributed: bool):
-    """``(x_curvature, recent, max_kl)``: the inputs curvature products and the KL are measured
-    on, the ring they were topped up from (``None``: not topped up) and the step's KL bound."""
+                     distributed: bool, fixed_size: bool):
+    """``(x_curvature, real_rows, recent, max_kl)``: the inputs curvature products and the KL
+    are measured on, how many of its leading rows count (``None``: all), the ring they were
+    topped up from (``None``: not topped up) and the step's KL bound.
+
+    With ``fixed_size`` (under XLA, which needs every shape to follow from the batch's shape)
+    the batch is topped up to a fixed size (:func:`natgrad.recent_inputs.top_up_to_fixed_size`)
+    and ``real_rows`` says which rows are the ones :func:`natgrad.recent_inputs.top_up` gives.
+    """
     x_curvature = _leading_part(x, optimizer.curvature_batch_fraction)
     reference = state.reference_batch_size if state is not None else 0
     # Under a strategy each replica would keep its own ring: not yet; the bound still shrinks.
     recent = (state.recent if reference > 0 and not distributed and state.recent.supports(x)
               else None)
+    real_rows = None
     if recent is not None:
         target = max(1, math.ceil(optimizer.curvature_batch_fraction * reference))
-        x_curvature = top_up(x_curvature, recent, target)
+        if fixed_size:
+            x_curvature, real_rows = top_up_to_fixed_size(x_curvature, recent, target)
+        else:
+            x_curvature = top_up(x_curvature, recent, target)
     max_kl = optimizer.max_kl
     if max_kl is not None and reference > 0:  # also for inputs the ring cannot keep
         share = tf.minimum(tf.constant(1.0, tf.float64),
                            tf.cast(n_global, tf.float64) / reference)
         max_kl = tf.constant(max_kl, tf.float64) * share
-    return x_curvature, recent, max_kl
+    return x_curvature, real_rows, recent, max_kl
 
 
-def _loss_and_outputs_fns(model, forward: _StatelessForward, data, x_curvature, replicas: int):
+def _loss_and_outputs_fns(model, forward: _StatelessForward, data, x_curvature, replicas: int,
+                          loss_scale: LossScale | None):
     """``(loss_fn, outputs_fn, first_pass)`` for :meth:`NaturalGradient.minimize`.
 
-    ``minimize`` calls ``loss_fn`` first at ``θ₀``: that pass's predictions are kept in
-    ``first_pass["y_pred"]`` for the metrics, and its new non-trainable values (BatchNorm
-    statistics, dropout seeds) are kept for :meth:`_StatelessForward.write_kept`.
+    ``minimize`` calls ``loss_fn`` first at ``θ₀``, and takes the gradient of that call: that
+    pass's predictions are kept in ``first_pass["y_pred"]`` for the metrics, its new
+    non-trainable values (BatchNorm statistics, dropout seeds) are kept for
+    :meth:`_StatelessForward.write_kept`, and its gradient is loss-scaled if ``loss_scale``.
     """
     x, y, sample_weight = data
     first_pass = {}
@@ -226,11 +252,13 @@ def _loss_and_outputs_fns(model, forward: _StatelessForward, data, x_curvature, 
         return y_pred, compiled_loss(model, x, y, y_pred, sample_weight)
 
     def loss_fn():
-        y_pred, loss = forward.run(loss_pass, keep=not first_pass)
+        scale = loss_scale if not first_pass else None
+        y_pred, loss = forward.run(loss_pass, keep=not first_pass, loss_scale=scale)
         first_pass.setdefault("y_pred", y_pred)
         # In the variables' dtype: Keras computes losses in floatx (float32) for a float64
         # model, and in float32 under mixed precision (float32 variables) already.
-        return tf.cast(loss, variable_dtype) * replicas
+        loss = tf.cast(loss, variable_dtype) * replicas
+        return loss if scale is None else scale.scale_gradient(loss)
 
     def outputs_fn():
         return _float32_outputs(forward.run(lambda: call_model(model, x_curvature)))
@@ -279,20 +307,32 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
         # state (no BatchNorm update, no dropout seed drawn).
         call_model(model, x, training=False)
     forward = _StatelessForward(model)
-    x_curvature, recent, max_kl = _curvature_batch(optimizer, x, state, n_global,
-                                                   distributed=context is not None)
+    x_curvature, real_rows, recent, max_kl = _curvature_batch(
+        optimizer, x, state, n_global, distributed=context is not None,
+        fixed_size=bool(model.jit_compile))
+    scale_state = loss_scale_state(model.optimizer, model.trainable_variables)
+    loss_scale = LossScale(scale_state) if scale_state is not None else None
     loss_fn, outputs_fn, first_pass = _loss_and_outputs_fns(model, forward, data, x_curvature,
-                                                            replicas)
+                                                            replicas, loss_scale)
+    distribution = compiled_output_distribution(
+        model.loss, compiled_loss_weights(model), _output_names(model)
+    )
+    if real_rows is not None:
+        distribution = mean_over_leading_rows(distribution, real_rows)
     stats = optimizer.minimize(
         loss_fn,
         model.trainable_variables,
-        outputs_fn=outputs_fn,
-        output_distribution=compiled_output_distribution(
-            model.loss, compiled_loss_weights(model), _output_names(model)
-        ),
+        **curvature_arguments(model.compute_dtype, optimizer.curvature, outputs_fn,
+                              model.trainable_variables, distribution),
         max_kl=max_kl,
         replica_weight=None if context is None else n,
     )
+    if loss_scale is not None:
+        finite = loss_scale.gradient_is_finite()
+        if context is not None:  # minimize skipped the step if any replica's was not finite
+            failed = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(~finite, tf.int32))
+            finite = tf.equal(failed, 0)
+        loss_scale.update(finite)
     forward.write_kept()
     if recent is not None:
         # A batch whose loss is not finite (NaN inputs) would poison later curvature: skipped.

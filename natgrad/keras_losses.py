@@ -190,10 +190,42 @@ def compiled_output_distribution(loss, loss_weights=None, output_names=None) -> 
     return OutputDistribution("compiled_loss", kl, fisher_vector_product)
 
 
+def mean_over_leading_rows(distribution: OutputDistribution, rows) -> OutputDistribution:
+    """``distribution`` as a mean over the first ``rows`` rows of its outputs only.
+
+    For outputs of ``N`` rows whose KL and Fisher are means over rows (every distribution
+    here), ``kl`` replaces the other rows of the new outputs by the old ones (a zero KL each)
+    and ``fisher_vector_product`` zeroes them in the tangent, and both multiply by ``N / rows``.
+    ``model.fit`` under XLA uses it on a curvature batch padded to a fixed size
+    (:func:`natgrad.recent_inputs.top_up_to_fixed_size`).
+    """
+
+    def counted(t):
+        index = tf.range(tf.shape(t)[0])
+        return tf.reshape(index < rows, [-1] + [1] * (t.shape.rank - 1))
+
+    def ratio(outputs, dtype):
+        total = tf.shape(tf.nest.flatten(outputs)[0])[0]
+        return tf.cast(total, dtype) / tf.cast(rows, dtype)
+
+    def kl(old, new):
+        new = tf.nest.map_structure(lambda o, z: tf.where(counted(z), z, o), old, new)
+        value = distribution.kl(old, new)
+        return value * ratio(new, value.dtype)
+
+    def fisher_vector_product(outputs, u):
+        u = tf.nest.map_structure(lambda t: tf.where(counted(t), t, tf.zeros_like(t)), u)
+        product = distribution.fisher_vector_product(outputs, u)
+        return tf.nest.map_structure(lambda t: t * ratio(outputs, t.dtype), product)
+
+    return OutputDistribution(f"{distribution.name}_leading_rows", kl, fisher_vector_product)
+
+
 __all__ = [
     "SUPPORTED_LOSSES",
     "check_losses",
     "output_distribution_for_loss",
     "output_losses",
     "compiled_output_distribution",
+    "mean_over_leading_rows",
 ]

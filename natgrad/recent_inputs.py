@@ -64,17 +64,29 @@ class RecentInputs:
         rows = [b[:k] for b in self._buffers]
         return tf.nest.pack_sequence_as(x_like, rows)
 
+    def all_rows(self, x_like) -> list[tf.Tensor]:
+        """Every buffer, all ``capacity`` rows (the first ``size()`` filled), flattened as
+        ``tf.nest.flatten(x_like)``: a shape that does not depend on how full the ring is."""
+        self._build(x_like)
+        return [tf.convert_to_tensor(b) for b in self._buffers]
+
     def add(self, x, enabled=True) -> None:
         """Writes the batch ``x`` (its last ``capacity`` rows) into the ring, if ``enabled``
-        (a bool, or a bool tensor: false writes nothing)."""
+        (a bool, or a bool tensor: false writes nothing).
+
+        Every shape here follows from ``x``'s shape alone (a disabled batch writes the rows
+        back unchanged), so the write compiles under XLA (``jit_compile=True``).
+        """
         self._build(x)
         flat = tf.nest.flatten(x)
         n = tf.shape(flat[0], out_type=tf.int64)[0]
-        m = tf.where(enabled, tf.minimum(n, self.capacity), tf.constant(0, tf.int64))
+        m = tf.minimum(n, self.capacity)
         positions = (self._count + tf.range(m, dtype=tf.int64)) % self.capacity
         for buffer, t in zip(self._buffers, flat, strict=True):
-            buffer.scatter_nd_update(positions[:, None], tf.cast(t[n - m:], buffer.dtype))
-        self._count.assign_add(m)
+            rows = tf.where(enabled, tf.cast(t[n - m:], buffer.dtype),
+                            tf.gather(buffer, positions))
+            buffer.scatter_nd_update(positions[:, None], rows)
+        self._count.assign_add(tf.where(enabled, m, tf.constant(0, tf.int64)))
 
 
 def top_up(x, recent: RecentInputs, target: int):
@@ -90,4 +102,21 @@ def top_up(x, recent: RecentInputs, target: int):
     )
 
 
-__all__ = ["RecentInputs", "top_up"]
+def top_up_to_fixed_size(x, recent: RecentInputs, target: int) -> tuple[object, tf.Tensor]:
+    """``(rows, real)``: :func:`top_up` with a shape that follows from ``x``'s shape alone.
+
+    ``rows`` has ``max(n, target)`` rows, whatever the ring holds, as XLA
+    (``jit_compile=True``) needs: its first ``real`` rows are :func:`top_up`'s rows, and the
+    rest, while the ring holds fewer than ``target − n`` rows, repeat them cyclically (row
+    ``i`` is row ``i mod real``) to fill the shape; a caller averaging over rows masks them.
+    """
+    n = tf.shape(tf.nest.flatten(x)[0])[0]
+    buffers = recent.all_rows(x)  # the first size() rows are filled, in take()'s order
+    real = tf.minimum(n + recent.size(), tf.maximum(n, target))
+    index = tf.range(tf.maximum(n, target)) % real
+    rows = [tf.gather(tf.concat([a, tf.cast(b, a.dtype)], axis=0), index)
+            for a, b in zip(tf.nest.flatten(x), buffers, strict=True)]
+    return tf.nest.pack_sequence_as(x, rows), real
+
+
+__all__ = ["RecentInputs", "top_up", "top_up_to_fixed_size"]

@@ -9,8 +9,12 @@
   :class:`FullDataLossChange` callback;
 * Keras training curves timed to a target: :func:`seeded_batches` (the same batches for every
   optimizer), :func:`epoch_clock` (per-epoch measurements outside the timed region),
-  :func:`first_reaching`, :func:`mean_std` and :func:`plot_mean_band` (mean over seeds with a
-  min-max band).
+  :func:`first_reaching`, :func:`curve_summary`, :func:`time_ratio`, :func:`mean_std`,
+  :func:`time_to_target_table`, :func:`plot_mean_band` and :func:`plot_curves` (mean over
+  seeds with a min-max band);
+* timing pieces of a step: :func:`first_and_median` (first call apart, failures recorded with
+  :func:`error_line`), :func:`keras_restorer` (the same start for every timed step);
+* ``--variant NAME=JSON`` options: :func:`name_and_json`.
 
 Importing this module imports only the standard library (Keras, scikit-learn and ``agents``
 are imported by the functions that use them), so a script's parent process, ``--help`` and
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import platform
@@ -349,8 +354,181 @@ def plot_mean_band(ax, curves: Sequence[tuple[Sequence[float], Sequence[float]]]
     if not curves:
         return
     stats = average_curves(curves, common_grid(curves, span="union"), hold_last=True)
-    ax.plot(stats["grid"], stats["mean"], color=color, label=f"{label} ({len(curves)} seeds)",
+    seeds = f"{len(curves)} seed" + ("s" if len(curves) > 1 else "")
+    ax.plot(stats["grid"], stats["mean"], color=color, label=f"{label} ({seeds})",
             marker="o" if stats["grid"].size == 1 else None)
     if len(curves) > 1:
         ax.fill_between(stats["grid"], stats["min"], stats["max"], color=color, alpha=0.2,
                         linewidth=0)
+
+
+def curve_summary(seconds: Sequence[float], values: Sequence[float], target: float | None, *,
+                  higher_is_better: bool) -> dict:
+    """A time-to-target summary of one training curve (``seconds`` and ``values`` per epoch):
+    ``target``, ``reached``, ``seconds_to_target`` and ``epochs_to_target`` (at the first
+    epoch reaching it, :func:`first_reaching`; ``None`` if none or no target), ``epochs`` and
+    ``seconds`` run, ``final`` and ``best`` value, ``first_epoch_seconds`` and
+    ``seconds_per_epoch`` (the mean over the epochs after the first)."""
+    i = (None if target is None or not values
+         else first_reaching(values, target, higher_is_better=higher_is_better))
+    later = [b - a for a, b in itertools.pairwise(seconds)]
+    return {"target": target, "reached": i is not None,
+            "seconds_to_target": seconds[i] if i is not None else None,
+            "epochs_to_target": i + 1 if i is not None else None,
+            "epochs": len(seconds), "seconds": seconds[-1] if seconds else None,
+            "final": values[-1] if values else None,
+            "best": (max if higher_is_better else min)(values) if values else None,
+            "first_epoch_seconds": seconds[0] if seconds else None,
+            "seconds_per_epoch": statistics.fmean(later) if later else None}
+
+
+def time_ratio(mine: dict, theirs: dict) -> tuple[float | None, str]:
+    """``mine``'s time to target over ``theirs`` (:func:`curve_summary`), and whether it is
+    exact (``"="``), a lower bound (``">"``: ``mine`` missed the target, its whole time used),
+    an upper bound (``"<"``: ``theirs`` missed it) or unknown (``"?"``, ratio ``None``)."""
+    if mine["seconds"] is None or theirs["seconds"] is None or not (
+            mine["reached"] or theirs["reached"]):
+        return None, "?"
+    a = mine["seconds_to_target"] if mine["reached"] else mine["seconds"]
+    b = theirs["seconds_to_target"] if theirs["reached"] else theirs["seconds"]
+    bound = "=" if mine["reached"] and theirs["reached"] else "<" if mine["reached"] else ">"
+    return a / b, bound
+
+
+def time_to_target_table(summaries: dict[str, list[dict]], metric: str,
+                         baseline: str) -> tuple[list[str], list[list[str]]]:
+    """``(headers, rows)`` of :func:`format_table`, one row per name of ``summaries`` (its
+    :func:`curve_summary` per seed, each with ``ratio`` and ``ratio_bound`` from
+    :func:`time_ratio` against ``baseline``): seeds that reached the target, seconds and
+    epochs to it per seed (``-``: missed) and their mean ± std over those that reached it,
+    the mean ratio (marked ``>``/``<`` if any seed's is a bound, ``?`` if unknown), mean
+    first-epoch seconds, mean seconds per later epoch and the mean final ``metric``."""
+    headers = ["optimizer", "reached", "s to target per seed", "mean ± std (s)",
+               "epochs per seed", "mean ± std", f"time / {baseline}", "1st epoch s", "s/epoch",
+               f"final {metric}"]
+
+    def mean(values, spec: str) -> str:
+        values = [v for v in values if v is not None]
+        return format(statistics.fmean(values), spec) if values else "-"
+
+    rows = []
+    for name, ss in summaries.items():
+        hit = [s for s in ss if s["reached"]]
+        marks = {s["ratio_bound"] for s in ss} - {"="}
+        mark = "?" if "?" in marks or len(marks) > 1 else "".join(marks)
+        ratio = mean([s["ratio"] for s in ss], ".2f")
+        rows.append([
+            name, f"{len(hit)}/{len(ss)}",
+            " ".join(f"{s['seconds_to_target']:.1f}" if s["reached"] else "-" for s in ss),
+            mean_std([s["seconds_to_target"] for s in hit], 1),
+            " ".join(str(s["epochs_to_target"]) if s["reached"] else "-" for s in ss),
+            mean_std([s["epochs_to_target"] for s in hit], 1),
+            "?" if ratio == "-" else mark + ratio,
+            mean([s["first_epoch_seconds"] for s in ss], ".2f"),
+            mean([s["seconds_per_epoch"] for s in ss], ".3f"),
+            mean([s["final"] for s in ss], ".4g")])
+    return headers, rows
+
+
+def plot_curves(path: str | Path, curves: dict[str, list[dict]], metric: str, *,
+                target: float | None = None, log: bool = False,
+                ylim: tuple[float, float] | None = None, title: str = "") -> Path:
+    """Writes a PNG of ``metric`` against ``seconds`` (left) and ``epoch`` (right), one line
+    per name of ``curves`` (a list of per-seed curves, dicts of per-epoch lists, as
+    :func:`epoch_clock` records them) drawn by :func:`plot_mean_band`; ``target`` as a dashed
+    line. A ``matplotlib.figure.Figure`` on the Agg canvas, as ``agents.runs.plotting``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for i, (name, runs) in enumerate(curves.items()):
+        runs = [c for c in runs if c.get(metric)]
+        for ax, key in zip(axes, ("seconds", "epoch"), strict=True):
+            plot_mean_band(ax, [(c[key], c[metric]) for c in runs], label=name,
+                           color=f"C{i % 10}")
+    for ax, xlabel in zip(axes, ("training wall time [s]", "epoch"), strict=True):
+        if target is not None:
+            ax.axhline(target, color="gray", linestyle="--", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(loc="best", fontsize="small")
+    axes[0].set_ylabel(metric)
+    if log:
+        axes[0].set_yscale("log")
+    if ylim:
+        axes[0].set_ylim(*ylim)
+    fig.suptitle(title, fontsize="medium")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def error_line(exc: BaseException, prefer: Iterable[str] = ()) -> str:
+    """``"Type: message"`` in one line (at most 300 characters): the message's first line
+    holding one of ``prefer``, else its first non-empty line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    hits = [line for line in lines if any(p in line for p in prefer)]
+    return f"{type(exc).__name__}: {(hits or lines or [''])[0][:300]}"
+
+
+def first_and_median(first_call: Callable[[], object], call: Callable[[], object], *,
+                     repeats: int, before: Callable[[], object] | None = None,
+                     prefer: Iterable[str] = ()) -> dict:
+    """``{"first_call_s", "ms"}``: the seconds of ``first_call()`` (tracing, compiling) and the
+    median milliseconds of ``repeats`` calls of ``call()``, each after an untimed ``before()``
+    (e.g. restoring the weights a step changed). Each call returns a scalar that is read back
+    with ``float`` (on an accelerator: waits for the result). An exception gives
+    ``{"error": error_line(exc, prefer)}`` instead."""
+    samples = []
+    try:
+        for i in range(repeats + 1):
+            if before is not None:
+                before()
+            start = time.perf_counter()
+            float((call if i else first_call)())
+            samples.append(time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001 - a failed measurement is a result
+        return {"error": error_line(exc, prefer)}
+    return {"first_call_s": samples[0], "ms": 1e3 * statistics.median(samples[1:])}
+
+
+def keras_restorer(model, optimizer) -> Callable[[], None]:
+    """A function that puts ``model``'s weights and ``optimizer``'s variables back as they are
+    now: repeated timed steps on one batch then all start alike (else they fit that batch, and
+    a line search, for one, needs more trials)."""
+    weights = model.get_weights()
+    state = [(v, v.numpy()) for v in optimizer.variables]
+
+    def restore() -> None:
+        model.set_weights(weights)
+        for variable, value in state:
+            variable.assign(value)
+
+    return restore
+
+
+def name_and_json(text: str) -> tuple[str, dict]:
+    """``"NAME=JSON"`` (a JSON object) as ``(name, dict)``: an ``argparse`` type (its errors
+    are the parser's usage errors)."""
+    name, _, spec = text.partition("=")
+    try:
+        value = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: not NAME=JSON ({exc})") from None
+    if not name or not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: not NAME=JSON-object")
+    return name, value
+
+
+def source_digest(directory: str | Path, pattern: str = "*.py") -> str:
+    """The first 12 hex digits of a SHA-256 over the files ``pattern`` under ``directory``
+    (relative paths and contents, sorted): which version of a package, committed or not, a
+    result was measured with."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).rglob(pattern)):
+        digest.update(str(path.relative_to(directory)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]

@@ -10,10 +10,12 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import natgrad
 from natgrad import distributions as D
 from natgrad import keras_adapter
+from natgrad.keras_mixed_precision import LossScale
 
 N, DIM, CLASSES = 240, 2, 3
 
@@ -356,3 +358,25 @@ def test_keras_adapter_calls_models_without_a_training_argument():
     model = NoTrainingArg()
     out = keras_adapter.call_model(model, np.ones((3, DIM), "float32"), training=True)
     assert tuple(out.shape) == (3, 2)
+
+
+def test_keras_adapter_loss_scale_moves_as_keras_loss_scale_optimizer():
+    """The dynamic scale the fit hook reads is the one Keras' own train step scales the loss
+    by, and natgrad's update moves it as ``LossScaleOptimizer.apply`` does (the truth here)."""
+    assert keras_adapter.loss_scale_state(keras.optimizers.SGD(), []) is None
+    weight = keras.Variable(np.ones(2, "float32"))
+
+    def wrapped():
+        return keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.0), initial_scale=8.0,
+                                                   dynamic_growth_steps=2)
+
+    keras_optimizer, ours = wrapped(), wrapped()
+    keras_optimizer.build([weight])
+    state = keras_adapter.loss_scale_state(ours, [weight])  # builds it
+    assert float(ours.scale_loss(1.0)) == float(state.scale.numpy()) == 8.0
+    for finite in (True, True, True, False, True, True):
+        keras_optimizer.apply([tf.constant([1.0, 1.0 if finite else np.inf])], [weight])
+        LossScale(state).update(tf.constant(finite))
+        assert float(state.scale.numpy()) == float(keras_optimizer.dynamic_scale.numpy())
+        assert int(state.counter.numpy()) == int(keras_optimizer.step_counter.numpy())
+    assert float(state.scale.numpy()) == 16.0  # 8 -> 16 -> 8 (overflow) -> 16

@@ -351,6 +351,19 @@ def test_non_finite_loss_or_gradient_rejected(kind, compiled):
 # Adaptive damping -------------------------------------------------------------------------------
 
 
+def test_adaptive_damping_is_kept_on_a_batch_whose_gradient_is_not_finite():
+    """A NaN batch (or a float16 overflow under loss scaling) is rejected; it says nothing of
+    how well the quadratic model fits, so λ stays as it was."""
+    _, _, variables, _, loss_fn, outputs_fn = _problem()
+    opt = natgrad.NaturalGradient(damping=0.05, adaptive_damping=True)
+    before = _raw(variables)
+    stats = opt.minimize(lambda: loss_fn() * float("nan"), variables, outputs_fn=outputs_fn,
+                         output_distribution=D.CATEGORICAL)
+    assert not bool(stats["accepted"])
+    assert _raw(variables) == before
+    assert opt.damping == 0.05
+
+
 def test_adaptive_damping_follows_lm_rule_and_is_saved():
     _, _, variables, _, loss_fn, outputs_fn = _problem()
     damping = 0.05
@@ -512,7 +525,7 @@ def test_explicit_curvature_vector_product():
     _, _, variables, _, loss_fn, _ = _problem()
     theta0 = _flat(variables)
     grad = _gradient(loss_fn, variables)
-    opt = natgrad.NaturalGradient(damping=0.25, line_search_max_tries=0)
+    opt = natgrad.NaturalGradient(damping=0.25, line_search_max_tries=0, **CG_EXACT)
     opt.minimize(loss_fn, variables, curvature_vector_product=lambda v: list(v))
     np.testing.assert_allclose(theta0 - _flat(variables), grad / 1.25, rtol=1e-10)
 

@@ -86,3 +86,22 @@ def test_compiled_value_fit_is_a_plain_keras_adam_loop_over_the_minibatches(epsi
     final = float(np.mean((value.numpy_values(value.numpy_params(), obs) - returns) ** 2))
     assert float(stats["value_loss"]) == pytest.approx(final, rel=1e-5)
     assert final < float(np.mean(returns ** 2))  # the fit did reduce the loss
+
+
+def test_trpo_spells_out_every_natural_gradient_setting(tiny_config):
+    """TRPO's policy step names every NaturalGradient argument that shapes a step, so a
+    default changed for Keras users cannot change TRPO's update unnoticed. (Arguments that
+    only refine another one, e.g. adaptive damping's bounds, follow it.)"""
+    import inspect
+
+    import natgrad
+    from agents.config import TRPOConfig
+    from agents.update import natural_gradient_settings
+
+    refinements = {"damping_decay", "min_damping", "max_damping", "preconditioner_decay"}
+    arguments = set(inspect.signature(natgrad.NaturalGradient.__init__).parameters)
+    arguments -= {"self", "name", "kwargs"} | refinements
+    settings = natural_gradient_settings(TRPOConfig(env_id="CartPole-v1", **tiny_config))
+    assert arguments == set(settings)
+    assert settings["cg_preconditioner"] is None and settings["adaptive_damping"] is False
+    natgrad.NaturalGradient(**settings)  # all accepted
