@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -22,6 +23,47 @@ ACTIVATIONS = ("tanh", "relu", "elu")
 VECTORIZATIONS = ("sync", "async")
 ON_NON_FINITE = ("stop", "skip")
 MIN_FISHER_SAMPLES = 32  # fewer states than this make a trust region no batch can pass
+
+# Size bounds checked before anything is allocated: a typo such as n_steps=1000000000000 is
+# refused in one line instead of failing deep in NumPy ("Unable to allocate 29.1 TiB").
+MAX_N_ENVS = 4096
+MAX_BATCH_SIZE = 1 << 26  # n_envs * n_steps samples per update
+MAX_HIDDEN_WIDTH = 1 << 16
+MAX_PARAMETER_BYTES = 1 << 31  # hidden-to-hidden weights of both networks, float64
+FLOAT_BYTES = 8
+ROLLOUT_FLOATS = 6  # per sample besides observations and actions: rewards, values, GAE, ...
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def rollout_bytes(n_envs: int, n_steps: int, obs_size: int = 1, action_size: int = 1) -> int:
+    """Estimated bytes of one update's rollout buffers: ``n_envs * n_steps`` samples, each with
+    an observation and its bootstrap observation, an action and :data:`ROLLOUT_FLOATS` floats,
+    at :data:`FLOAT_BYTES` each."""
+    return n_envs * n_steps * (2 * obs_size + action_size + ROLLOUT_FLOATS) * FLOAT_BYTES
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):,.1f} GiB"
+
+
+def check_memory(config: TRPOConfig, obs_size: int, action_size: int) -> None:
+    """Raises ``ValueError`` (one line: the fields, the estimate and the limit) when the
+    rollout buffers of ``config`` for observations of ``obs_size`` and actions of
+    ``action_size`` numbers would not fit in this machine's physical memory."""
+    need = rollout_bytes(config.n_envs, config.n_steps, obs_size, action_size)
+    have = physical_memory_bytes()
+    if have is not None and need > have:
+        raise ValueError(
+            f"invalid TRPO configuration: n_envs={config.n_envs}, n_steps={config.n_steps} "
+            f"need about {_gib(need)} of rollout buffers for observations of {obs_size} and "
+            f"actions of {action_size} numbers (limit: this machine's {_gib(have)} of memory)")
 
 
 def is_int(x) -> bool:
@@ -129,6 +171,8 @@ class TRPOConfig:
             value = getattr(self, name)
             need(isinstance(value, tuple) and all(is_int(w) and w >= 1 for w in value), name,
                  "a tuple of integers >= 1, e.g. (64, 64)")
+        if not problems:
+            problems.extend(self._size_problems())
         if not problems and math.ceil(self.batch_size / self.fisher_subsample) < min(
                 MIN_FISHER_SAMPLES, self.batch_size):
             problems.append(
@@ -143,6 +187,33 @@ class TRPOConfig:
         if problems:
             raise ValueError("invalid TRPO configuration: " + "; ".join(problems))
         return self
+
+    def _size_problems(self) -> list[str]:
+        """Sizes no machine this runs on can hold (each with its estimate and limit)."""
+        problems = []
+        if self.n_envs > MAX_N_ENVS:
+            problems.append(f"n_envs={self.n_envs} (limit: {MAX_N_ENVS:,} environments)")
+        need = rollout_bytes(self.n_envs, self.n_steps)
+        have = physical_memory_bytes()
+        if self.batch_size > MAX_BATCH_SIZE or (have is not None and need > have):
+            memory = "" if have is None else f" and this machine's {_gib(have)} of memory"
+            problems.append(
+                f"n_steps={self.n_steps} with n_envs={self.n_envs} makes a batch of "
+                f"{self.batch_size:,} samples, at least {_gib(need)} of rollout buffers "
+                f"(limit: {MAX_BATCH_SIZE:,} samples{memory})")
+        for name in ("policy_hidden", "value_hidden"):
+            widths = getattr(self, name)
+            if any(w > MAX_HIDDEN_WIDTH for w in widths):
+                problems.append(f"{name}={widths!r} (limit: {MAX_HIDDEN_WIDTH:,} units a "
+                                "layer)")
+        weights = sum(a * b for widths in (self.policy_hidden, self.value_hidden)
+                      for a, b in zip(widths, widths[1:], strict=False))
+        if not problems and weights * FLOAT_BYTES > MAX_PARAMETER_BYTES:
+            problems.append(
+                f"policy_hidden={self.policy_hidden!r}, value_hidden={self.value_hidden!r} "
+                f"make {weights:,} hidden weights, about {_gib(weights * FLOAT_BYTES)} "
+                f"(limit: {_gib(MAX_PARAMETER_BYTES)})")
+        return problems
 
     @property
     def batch_size(self) -> int:

@@ -31,9 +31,10 @@ import time
 import uuid
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
-from agents.config import TRPOConfig, resolve_config
+from agents.config import TRPOConfig, check_memory, resolve_config
 from agents.envs.factories import make_vector_env, resolve_env
 from agents.envs.normalization import RewardScaler, RunningMeanStd
 from agents.envs.spaces import (
@@ -119,6 +120,8 @@ class TRPO:
             self.observation_space, self.action_space = probe.observation_space, probe.action_space
         finally:
             probe.close()
+        check_memory(self.config, gym.spaces.flatdim(self.observation_space),
+                     gym.spaces.flatdim(self.action_space))
         cfg = self.config
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.strategy = strategy

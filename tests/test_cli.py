@@ -11,7 +11,9 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import pathlib
+import shlex
 import subprocess
 import sys
 
@@ -79,6 +81,10 @@ def test_fresh_run_dir_never_reuses_a_directory(tmp_path):
     (["CartPole-v1", "--set", "cg_iters"], ["key=value"]),
     (["CartPole-v1", "--preset", "NoPreset"], ["NoPreset"]),
     (["CartPole-v1", "--n-envs", "0"], ["--n-envs"]),
+    (["CartPole-v1", "--set", "n_steps=1000000000000"], ["n_steps=1000000000000", "limit"]),
+    (["CartPole-v1", "--set", "policy_hidden=100000000"], ["policy_hidden", "limit"]),
+    (["CartPole-v1", "--set", "env_id=Pendulum-v1"], ["--set env_id", "ENV_ID"]),
+    (["CartPole-v1", "--seed", "1", "--set", "seed=2"], ["--set seed=2", "--seed 1"]),
 ])
 def test_train_bad_input_exits_2_without_a_run(tmp_path, argv, fragments):
     out = tmp_path / "run"
@@ -394,3 +400,104 @@ def test_help_and_bad_input_do_not_import_tensorflow_and_print_no_log_noise(tmp_
     noise = [line for line in train.stderr.splitlines()
              if "absl" in line or line[:1] in "IWEF" and line[1:5].isdigit()]
     assert noise == [], noise
+
+
+# --- hostile or mistyped run directories: refused in one line, nothing created or hung on -------
+
+
+def _bare_run(run_dir: pathlib.Path) -> pathlib.Path:
+    """A run directory with a valid config.json and no checkpoint."""
+    from agents.config import resolve_config
+    from agents.runs.run_dir import write_run_config
+
+    config = resolve_config("CartPole-v1", **TINY_CONFIG, eval_episodes=1)
+    write_run_config(run_dir, "0123456789abcdef0123456789abcdef", config.to_dict())
+    return run_dir
+
+
+def _cli_subprocess(*argv, timeout=30):
+    """``python -m agents ARGV`` that must finish within ``timeout`` seconds (a hang fails)."""
+    return subprocess.run([sys.executable, "-m", "agents", *map(str, argv)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_usage_error(done, *fragments):
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_a_fifo_checkpoint_is_refused_not_waited_on(tmp_path):
+    run_dir = _bare_run(tmp_path / "run")
+    (run_dir / "checkpoints").mkdir()
+    os.mkfifo(run_dir / "checkpoints" / "update_000002.ckpt")
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    _one_line_usage_error(_cli_subprocess("eval", run_dir), "update_000002.ckpt",
+                          "not a regular file")
+    _one_line_usage_error(_cli_subprocess("train", "--resume", run_dir, "--steps", 512),
+                          "update_000002.ckpt", "not a regular file")
+    assert sorted(p.name for p in run_dir.rglob("*") if p.name != ".lock") == before
+
+
+def test_a_fifo_config_json_is_refused_by_eval_resume_and_plot(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.mkfifo(run_dir / "config.json")
+    (run_dir / "progress.csv").write_text("env_steps,wall_time,mean_return\n128,1.0,9.0\n")
+    _one_line_usage_error(_cli_subprocess("eval", run_dir), "config.json", "not a regular file")
+    _one_line_usage_error(_cli_subprocess("train", "--resume", run_dir), "config.json",
+                          "not a regular file")
+    done = _cli_subprocess("plot", run_dir, "--out", tmp_path / "curve.png")
+    assert done.returncode == 0 and "config.json" in done.stderr, done.stderr
+    assert (tmp_path / "curve.png").is_file()
+
+
+def test_a_progress_csv_linked_out_of_the_run_is_refused_by_plot(tmp_path):
+    run_dir = _bare_run(tmp_path / "run")
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_text("env_steps,wall_time,mean_return\n128,1.0,9.0\n")
+    (run_dir / "progress.csv").symlink_to(outside)
+    assert_usage_error(run_main(["plot", run_dir, "--out", tmp_path / "c.png"]),
+                       "progress.csv", "outside the run directory")
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_resume_of_a_missing_directory_creates_nothing(tmp_path):
+    assert_usage_error(run_main(["train", "--resume", tmp_path / "typo"]),
+                       "no such run directory")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_an_edited_config_json_too_large_for_memory_is_refused_on_resume(tmp_path):
+    run_dir = _bare_run(tmp_path / "run")
+    data = json.loads((run_dir / "config.json").read_text())
+    data["config"]["n_steps"] = 10**12
+    (run_dir / "config.json").write_text(json.dumps(data))
+    assert_usage_error(run_main(["train", "--resume", run_dir, "--steps", 512]),
+                       "n_steps=1000000000000", "limit")
+
+
+def test_printed_commands_quote_the_run_directory(tmp_path, capsys):
+    class Interrupted:
+        config = __import__("agents.config").config.resolve_config("CartPole-v1")
+        worker_index, num_timesteps = 0, 0
+
+        def learn(self, budget, progress_bar=False):
+            raise KeyboardInterrupt
+
+    run_dir = tmp_path / "my runs; rm -rf x"
+    assert cli._train(Interrupted(), run_dir, 100, resumed=False) == 130
+    err = capsys.readouterr().err
+    assert f"natgrad-trpo train --resume {shlex.quote(str(run_dir))}" in err
+    assert shlex.split(err.splitlines()[-1])[-1] == str(run_dir)
+
+
+def test_plot_writes_exactly_the_path_it_reports(tmp_path):
+    run_dir = _bare_run(tmp_path / "run")
+    (run_dir / "progress.csv").write_text("env_steps,wall_time,mean_return\n128,1.0,9.0\n")
+    status, out, err = run_main(["plot", run_dir, "--out", tmp_path / "curves_noext"])
+    assert status == 0, err
+    assert f"learning curves written to {tmp_path / 'curves_noext'}\n" in out
+    assert (tmp_path / "curves_noext").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "curves_noext.png").exists()

@@ -59,3 +59,27 @@ def test_settings_that_make_every_update_a_no_op_are_refused(tiny_config):
         resolve_config("CartPole-v1", **tiny_config, fisher_subsample=5)
     assert resolve_config("CartPole-v1", **tiny_config, fisher_subsample=4)
 
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ({"n_steps": 10**12}, "n_steps=1000000000000 with n_envs=2 makes a batch of"),
+    ({"n_envs": 10**6}, "n_envs=1000000 (limit: 4,096 environments)"),
+    ({"policy_hidden": (10**8,)}, "policy_hidden=(100000000,) (limit: 65,536 units"),
+    ({"value_hidden": (60000, 60000)}, "hidden weights, about 26.8 GiB (limit: 2.0 GiB)"),
+])
+def test_sizes_no_machine_can_hold_are_refused_in_one_line(setting, fragment):
+    with pytest.raises(ValueError) as raised:
+        resolve_config("CartPole-v1", **setting)
+    assert fragment in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_rollout_buffers_larger_than_memory_are_refused_with_the_spaces(monkeypatch):
+    import agents.config
+
+    config = resolve_config("CartPole-v1", n_envs=8, n_steps=1 << 20)
+    need = agents.config.rollout_bytes(8, 1 << 20, 100_000, 2)
+    monkeypatch.setattr(agents.config, "physical_memory_bytes", lambda: need - 1)
+    with pytest.raises(ValueError, match=r"n_envs=8, n_steps=1048576 need about 12,500\.5 GiB .*"
+                                         r"observations of 100000 .*limit: this machine's"):
+        agents.config.check_memory(config, 100_000, 2)
+    agents.config.check_memory(config, 4, 2)  # CartPole's observations fit

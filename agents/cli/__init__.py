@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,9 @@ def cmd_train(args) -> int:
         return launch_workers(args, args.argv)
     with contextlib.ExitStack() as stack:
         if args.resume is not None:
+            if not Path(args.resume).is_dir():  # a typo: create nothing, not even the lock
+                raise UsageError(f"{args.resume}: no such run directory (--resume continues "
+                                 "an existing run)")
             if is_chief():
                 stack.enter_context(locked(Path(args.resume)))
             agent, run_dir, budget = prepare_resume(args)
@@ -92,6 +96,7 @@ def cmd_train(args) -> int:
 
 
 def _train(agent, run_dir: Path, budget: int, *, resumed: bool) -> int:
+    from agents.envs.vector_env import ObservationShapeError
     from agents.rollout import NonFiniteError
     from agents.runs.evaluation import evaluation_record, write_evaluation
     from agents.runs.plotting import plot_learning_curves
@@ -111,14 +116,17 @@ def _train(agent, run_dir: Path, budget: int, *, resumed: bool) -> int:
         agent.learn(budget, progress_bar=True)
     except TrainingInterrupted as stop:
         print(f"\n{stop}: stopped after writing {stop.checkpoint}; continue with:\n"
-              f"  natgrad-trpo train --resume {run_dir}", file=sys.stderr)
+              f"  natgrad-trpo train --resume {shlex.quote(str(run_dir))}", file=sys.stderr)
         return stop.exit_status
     except KeyboardInterrupt:
         print(f"\ninterrupted at {agent.num_timesteps:,} steps without a new checkpoint; "
-              f"continue with:\n  natgrad-trpo train --resume {run_dir}", file=sys.stderr)
+              f"continue with:\n  natgrad-trpo train --resume {shlex.quote(str(run_dir))}",
+              file=sys.stderr)
         return 130
     except NonFiniteError as exc:
         raise RunFailed(f"{exc}; the last good state is checkpointed in {run_dir}") from None
+    except ObservationShapeError as exc:
+        raise RunFailed(one_line(exc)) from None
     except RunDirError as exc:
         raise UsageError(str(exc)) from None
     wall_time = time.perf_counter() - started
@@ -134,10 +142,10 @@ def _train(agent, run_dir: Path, budget: int, *, resumed: bool) -> int:
     curve_png = plot_learning_curves([run_dir], run_dir / CURVE_FILE,
                                      title=f"TRPO {config.env_id} (seed {config.seed})")
     print(f"  run dir         {run_dir}")
-    print(f"  eval            {eval_path}")
+    print(f"  eval            {eval_path or 'not written (a newer eval.json is kept)'}")
     print(f"  learning curve  {curve_png}")
     print(f"  progress        {run_dir / 'progress.csv'}")
-    print(f"  tensorboard     tensorboard --logdir {run_dir / 'tb'}")
+    print(f"  tensorboard     tensorboard --logdir {shlex.quote(str(run_dir / 'tb'))}")
     return 0
 
 
@@ -164,7 +172,9 @@ def cmd_eval(args) -> int:
           f"mean return {record['mean_return']:.2f} ± {record['std_return']:.2f} over "
           f"{record['episodes']} deterministic episodes{cut}")
     print(f"  returns  {', '.join(f'{r:.1f}' for r in record['returns'])}", flush=True)
-    print(f"  written  {write_evaluation(run_dir, record)}")
+    written = write_evaluation(run_dir, record)
+    if written is not None:
+        print(f"  written  {written}")
     if args.video:
         videos = record_videos(agent, run_dir, args.video_episodes, record["eval_seed"])
         for video in videos:
@@ -174,6 +184,7 @@ def cmd_eval(args) -> int:
 
 def cmd_plot(args) -> int:
     """``plot``: learning curves of one or several runs (seeds of an env averaged)."""
+    from agents.runs.files import UnsafeFileError
     from agents.runs.layout import PROGRESS_FILE
     from agents.runs.plotting import group_runs_by_env, plot_learning_curves
 
@@ -187,7 +198,10 @@ def cmd_plot(args) -> int:
         out = run_dirs[0] / CURVE_FILE
     else:
         out = Path("learning_curves.png")
-    out = plot_learning_curves(run_dirs, out)
+    try:
+        out = plot_learning_curves(run_dirs, out)
+    except UnsafeFileError as exc:
+        raise UsageError(str(exc)) from None
     for env_id, dirs in group_runs_by_env(run_dirs).items():
         print(f"{env_id}: {len(dirs)} run{'s' if len(dirs) > 1 else ''}")
     print(f"learning curves written to {out}")

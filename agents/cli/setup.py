@@ -8,13 +8,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from agents.cli.overrides import parse_overrides
-from agents.runs.layout import LOCK_FILE
+from agents.runs.checkpoint import CheckpointRefused, check_checkpoint_files
+from agents.runs.layout import CONFIG_FILE, LOCK_FILE
 from agents.runs.run_dir import RunDirError, RunLock, read_run_config, select_checkpoint
 
 DEFAULT_ENV_ID = "CartPole-v1"
@@ -74,7 +76,7 @@ def load_run(run_dir: Path):
 
     Skipped (corrupt) checkpoints are reported; one from another env or run is refused.
     """
-    run_id, config = _read_run(run_dir)
+    run_id, config = read_run(run_dir)
     try:
         checkpoint, notes = select_checkpoint(run_dir, run_id, config)
     except RunDirError as exc:
@@ -92,7 +94,9 @@ def load_run(run_dir: Path):
         raise UsageError(f"{run_dir}: cannot load the run ({one_line(exc)})") from None
 
 
-def _read_run(run_dir: Path) -> tuple[str | None, dict]:
+def read_run(run_dir: Path) -> tuple[str | None, dict]:
+    """``(run_id, config)`` of an existing run directory; anything else is a usage error
+    (a missing directory is reported, not created)."""
     try:
         return read_run_config(run_dir)
     except RunDirError as exc:
@@ -102,7 +106,7 @@ def _read_run(run_dir: Path) -> tuple[str | None, dict]:
 def prepare_resume(args):
     """The resumed agent and its step budget, after checking every argument against the run."""
     run_dir = Path(args.resume)
-    config = _read_run(run_dir)[1]
+    config = read_run(run_dir)[1]
     run_env = config.get("env_id")
     if args.env_id is not None and args.env_id != run_env:
         raise UsageError(
@@ -118,6 +122,16 @@ def prepare_resume(args):
             "configuration and directory"
         )
     budget = args.steps if args.steps is not None else int(config.get("total_steps", 0))
+    try:  # a FIFO, a link out of the run, an oversized file: refused before TensorFlow
+        check_checkpoint_files(run_dir)
+    except CheckpointRefused as exc:
+        raise UsageError(str(exc)) from None
+    from agents.config import config_from_dict
+
+    try:  # an edited config.json (a size no machine holds, ...): refused before TensorFlow
+        config_from_dict(config).validate()
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{run_dir / CONFIG_FILE}: {one_line(exc)}") from None
     import_tensorflow_quietly()
     from agents import TRPO
 
@@ -145,9 +159,15 @@ def _new_run_config(args):
         overrides = parse_overrides(args.set, TRPOConfig)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    for key, value in (("seed", args.seed), ("n_envs", args.n_envs),
-                       ("total_steps", args.steps)):
+    if "env_id" in overrides:
+        raise UsageError(f"--set env_id: the environment is the ENV_ID argument (natgrad-trpo "
+                         f"train {shlex.quote(str(overrides['env_id']))} ...), not a --set")
+    for key, flag, value in (("seed", "--seed", args.seed), ("n_envs", "--n-envs", args.n_envs),
+                             ("total_steps", "--steps", args.steps)):
         if value is not None:
+            if key in overrides and overrides[key] != value:
+                raise UsageError(f"--set {key}={overrides[key]} contradicts {flag} {value}; "
+                                 "give one of them")
             overrides[key] = value
     if args.preset is not None and args.preset not in PRESET_NAMES:
         raise UsageError(f"unknown preset {args.preset!r}; known: {', '.join(PRESET_NAMES)}")
@@ -195,7 +215,8 @@ def _check_new_run_dir(run_dir: Path) -> None:
         raise UsageError(f"--out {run_dir} is a file, not a directory")
     if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise UsageError(
-            f"--out {run_dir} already exists and is not empty; use --resume {run_dir} to "
+            f"--out {run_dir} already exists and is not empty; use --resume "
+            f"{shlex.quote(str(run_dir))} to "
             "continue it, or another --out"
         )
 
@@ -222,7 +243,7 @@ def launch_workers(args, argv: list[str]) -> int:
         if args.out is None:
             child += ["--out", str(run_dir)]
     else:
-        _read_run(Path(args.resume))
+        read_run(Path(args.resume))
     return launch(child, args.workers)
 
 

@@ -35,7 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.runs.files import atomic_write_bytes
+from agents.runs.files import (
+    UnsafeFileError,
+    atomic_write_bytes,
+    check_regular_file,
+    read_regular_file,
+)
 from agents.runs.layout import CHECKPOINT_DIR, list_checkpoints
 
 MAGIC = b"NATGRAD-TRPO-v2\n"
@@ -44,10 +49,19 @@ FORMAT_VERSION = 2
 META_KEY = "__meta__"
 ENV_STATE_KEY = "env_state_pickle"
 _DIGEST_BYTES = 32
+#: The largest checkpoint read (4 GiB): far above any agent this package builds (a million
+#: parameters with their optimizer slots take tens of MB), far below what would exhaust a
+#: machine's memory by accident.
+MAX_CHECKPOINT_BYTES = 1 << 32
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, corrupt, of another format or run."""
+
+
+class CheckpointRefused(CheckpointError):
+    """A checkpoint path that is not read at all: not a regular file, a link out of its run,
+    or too large (see :func:`agents.runs.files.read_regular_file`)."""
 
 
 @dataclass(frozen=True)
@@ -82,16 +96,24 @@ def write_checkpoint(path: str | Path, meta: dict, arrays: dict[str, np.ndarray]
     atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload)
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
+def read_checkpoint(path: str | Path, *, run_dir: str | Path | None = None,
+                    max_bytes: int = MAX_CHECKPOINT_BYTES) -> Checkpoint:
     """Decodes ``path`` without running any code from it.
 
+    The file must be a regular file of at most ``max_bytes`` (a FIFO, a device or a larger
+    file is refused without blocking or reading it whole); with ``run_dir``, a symbolic link
+    must point inside it (:func:`agents.runs.files.read_regular_file`).
+
     Raises:
-      CheckpointError: the file is missing or unreadable, not a natgrad checkpoint, written by
-        an older version, truncated or corrupt (checksum), or its payload is malformed.
+      CheckpointError: the file is missing or unreadable, not a regular file, not a natgrad
+        checkpoint, written by an older version, truncated or corrupt (checksum), or its
+        payload is malformed.
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, limit=max_bytes, inside=run_dir, what="checkpoint")
+    except UnsafeFileError as e:
+        raise CheckpointRefused(str(e)) from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
     for magic, version in OLDER_MAGICS.items():
@@ -121,6 +143,23 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has an unsupported format version")
     return Checkpoint(path, meta, arrays)
+
+
+def check_checkpoint_files(run_dir: str | Path) -> None:
+    """Refuses, without reading them, checkpoint paths of ``run_dir`` that
+    :func:`read_checkpoint` would refuse: not regular files, links out of the run, too large.
+
+    Raises:
+      CheckpointRefused: naming the first such path.
+    """
+    for path in list_checkpoints(run_dir):
+        try:
+            check_regular_file(path, limit=MAX_CHECKPOINT_BYTES, inside=run_dir,
+                               what="checkpoint")
+        except UnsafeFileError as e:
+            raise CheckpointRefused(str(e)) from None
+        except OSError:
+            pass  # unreadable: read_checkpoint skips it with a note
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:

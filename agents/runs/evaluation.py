@@ -4,15 +4,19 @@
   argmax) on a fresh env, episode ``i`` reset with ``seed + i``; unnormalized env rewards. An
   episode still running after ``max_episode_steps`` is cut there and counted, so an env that
   never ends cannot hang the evaluation.
-* :func:`evaluation_record` / :func:`write_evaluation`: the ``eval.json`` of a run directory.
+* :func:`evaluation_record` / :func:`write_evaluation`: the ``eval.json`` of a run directory
+  (never replaced by the evaluation of an older checkpoint).
 * :func:`record_videos`: episodes as mp4 through Gymnasium's ``RecordVideo`` (needs the
   ``video`` extra, i.e. moviepy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +24,17 @@ import gymnasium as gym
 import numpy as np
 
 from agents.envs.factories import make_env
-from agents.runs.files import atomic_write_bytes
+from agents.runs.files import atomic_write_bytes, read_regular_file
 from agents.runs.layout import EVAL_FILE, VIDEO_DIR
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
 EVAL_SEED_OFFSET = 10_000  # evaluation envs are seeded apart from the training envs
+MAX_EVAL_BYTES = 1 << 24  # an eval.json of a million episode returns
+log = logging.getLogger("agents")
 
 
 def evaluate_policy(env_factory: Callable[[], gym.Env], act: Callable[[object], object],
@@ -82,11 +93,50 @@ def evaluation_record(agent, run_dir: Path, episodes: int | None, seed: int | No
     }
 
 
-def write_evaluation(run_dir: Path, record: dict) -> Path:
-    """Writes ``record`` to ``run_dir/eval.json`` atomically; returns the path."""
+def write_evaluation(run_dir: Path, record: dict) -> Path | None:
+    """Writes ``record`` to ``run_dir/eval.json`` atomically; returns the path.
+
+    An ``eval.json`` already there of a later checkpoint (more ``steps``: a resumed run
+    evaluated itself meanwhile) is kept, with a warning, and ``None`` is returned: an older
+    evaluation never overwrites a newer one. The comparison and the replacement are one step
+    under an exclusive ``flock`` on the run directory, so two concurrent writers cannot
+    interleave them.
+    """
     path = Path(run_dir) / EVAL_FILE
-    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    with _directory_lock(Path(run_dir)):
+        existing = _recorded_steps(path)
+        if existing is not None and existing > int(record["steps"]):
+            log.warning("kept %s: it holds an evaluation at %s steps, newer than this one at "
+                        "%s steps", path, f"{existing:,}", f"{int(record['steps']):,}")
+            return None
+        atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
     return path
+
+
+def _recorded_steps(path: Path) -> int | None:
+    """The ``steps`` of an existing ``eval.json``, or None (none, unreadable, malformed)."""
+    try:
+        record = json.loads(read_regular_file(path, limit=MAX_EVAL_BYTES, inside=path.parent,
+                                              what=EVAL_FILE))
+    except (OSError, ValueError):
+        return None
+    steps = record.get("steps") if isinstance(record, dict) else None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+@contextlib.contextmanager
+def _directory_lock(folder: Path):
+    """An exclusive ``flock`` on ``folder`` itself (a no-op where there is no ``flock``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def has_video_encoder() -> bool:

@@ -15,7 +15,9 @@ PNG. The figure is built on :class:`matplotlib.figure.Figure` (Agg canvas), neve
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -23,7 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.runs.files import UnsafeFileError, read_regular_file
 from agents.runs.layout import CONFIG_FILE, PROGRESS_FILE
+from agents.runs.progress import MAX_PROGRESS_BYTES
+from agents.runs.run_dir import MAX_CONFIG_BYTES
+
+log = logging.getLogger("agents")
 
 GRID_POINTS = 200
 
@@ -36,14 +43,17 @@ def read_progress(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         FileNotFoundError: when the run has no ``progress.csv``.
+        agents.runs.files.UnsafeFileError: ``progress.csv`` is not a regular file (a FIFO),
+          links out of the run, or is larger than ``MAX_PROGRESS_BYTES``.
     """
     path = Path(run_dir) / PROGRESS_FILE
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames or ()}
-        for row in reader:
-            for name in columns:
-                columns[name].append(_to_float(row.get(name)))
+    text = read_regular_file(path, limit=MAX_PROGRESS_BYTES, inside=run_dir,
+                             what=PROGRESS_FILE).decode(errors="replace")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames or ()}
+    for row in reader:
+        for name in columns:
+            columns[name].append(_to_float(row.get(name)))
     return {name: np.asarray(values, dtype=np.float64) for name, values in columns.items()}
 
 
@@ -68,7 +78,11 @@ def read_env_id(run_dir: str | os.PathLike) -> str:
     """
     path = Path(run_dir) / CONFIG_FILE
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(read_regular_file(path, limit=MAX_CONFIG_BYTES, inside=run_dir,
+                                              what=CONFIG_FILE))
+    except UnsafeFileError as exc:
+        log.warning("%s", exc)
+        return Path(run_dir).name
     except (OSError, ValueError):
         return Path(run_dir).name
     for candidate in (config, config.get("config") if isinstance(config, dict) else None):
@@ -177,7 +191,8 @@ def plot_learning_curves(
     return are skipped; if none has one the panels say so instead of failing.
 
     Returns:
-        The path of the written PNG (parent directories are created).
+        The path of the written image, ``out_png`` itself (parent directories are created; a
+        path without suffix gets a PNG under exactly that name).
     """
     from matplotlib.figure import Figure
 
@@ -216,5 +231,6 @@ def plot_learning_curves(
         fig.suptitle(title)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    # Without a suffix, matplotlib would append ".png" and write another path than asked.
+    fig.savefig(out_png, dpi=110, format=None if out_png.suffix else "png")
     return out_png

@@ -31,10 +31,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from agents.runs.files import atomic_write_bytes
+from agents.runs.files import atomic_write_bytes, read_regular_file
 from agents.runs.layout import PROGRESS_FILE, TENSORBOARD_DIR
 
 log = logging.getLogger("agents")
+
+MAX_PROGRESS_BYTES = 1 << 30  # about five million rows
 
 PROGRESS_KEYS = (
     "env_steps", "wall_time", "mean_return", "kl", "entropy", "value_loss",
@@ -83,8 +85,13 @@ class ProgressLogger:
         if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
             writer.writeheader()
         writer.writerow({k: row[k] for k in PROGRESS_KEYS})
-        with open(self.csv_path, "a", newline="") as f:
-            f.write(line.getvalue())
+        try:
+            with open(self.csv_path, "a", newline="") as f:
+                f.write(line.getvalue())
+        except OSError as exc:  # a write error (disk full) has no file name of its own
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.csv_path)) from exc
+            raise
         self._log_tensorboard(row)
 
     def _log_tensorboard(self, row: dict) -> None:
@@ -103,22 +110,29 @@ class ProgressLogger:
     def truncate_after(self, env_steps: int) -> None:
         """Keeps the csv rows up to ``env_steps`` (those of the checkpoint a resume starts from);
         drops later ones, and lines a crash tore or that are not progress rows (with a warning
-        naming the file and line)."""
+        naming the file and line).
+
+        Raises:
+          agents.runs.files.UnsafeFileError: ``progress.csv`` is not a regular file (a FIFO),
+            links out of the run, or is larger than :data:`MAX_PROGRESS_BYTES`.
+        """
         if self.run_dir is None or not self.csv_path.exists():
             return
         kept = []
-        with open(self.csv_path, newline="") as f:
-            for number, row in enumerate(csv.DictReader(f), start=2):
-                try:
-                    if None in row or any(row.get(k) is None for k in PROGRESS_KEYS):
-                        raise ValueError("wrong number of fields")
-                    steps = float(row["env_steps"])
-                except (TypeError, ValueError) as exc:
-                    log.warning("%s line %d dropped: not a whole progress row (%s)",
-                                self.csv_path, number, exc)
-                    continue
-                if steps <= env_steps:
-                    kept.append(row)
+        text = read_regular_file(self.csv_path, limit=MAX_PROGRESS_BYTES, inside=self.run_dir,
+                                 what=PROGRESS_FILE).decode(errors="replace")
+        rows = csv.DictReader(io.StringIO(text, newline=""))
+        for number, row in enumerate(rows, start=2):
+            try:
+                if None in row or any(row.get(k) is None for k in PROGRESS_KEYS):
+                    raise ValueError("wrong number of fields")
+                steps = float(row["env_steps"])
+            except (TypeError, ValueError) as exc:
+                log.warning("%s line %d dropped: not a whole progress row (%s)",
+                            self.csv_path, number, exc)
+                continue
+            if steps <= env_steps:
+                kept.append(row)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=PROGRESS_KEYS, lineterminator="\n")
         writer.writeheader()

@@ -20,12 +20,18 @@ import contextlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from agents.config import complete_saved_config
-from agents.runs.checkpoint import Checkpoint, CheckpointError, read_checkpoint
-from agents.runs.files import atomic_write_bytes
+from agents.runs.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointRefused,
+    read_checkpoint,
+)
+from agents.runs.files import UnsafeFileError, atomic_write_bytes, read_regular_file
 from agents.runs.layout import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -43,6 +49,8 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger("agents")
 
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is about 2 kB
+
 
 class RunDirError(ValueError):
     """A run directory that cannot be used as asked (not a run, another run's files, ...)."""
@@ -59,17 +67,21 @@ def read_run_config(run_dir: str | Path) -> tuple[str | None, dict]:
     Also reads the flat ``config.json`` of natgrad 0.1 (``run_id`` is then ``None``).
 
     Raises:
-      RunDirError: no such directory, no or unreadable ``config.json``, or one that is not a
-        run configuration.
+      RunDirError: no such directory, no or unreadable ``config.json``, one that is not a
+        regular file (a FIFO is refused, not waited on), links out of the run or is over
+        :data:`MAX_CONFIG_BYTES`, or one that is not a run configuration.
     """
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular_file(path, limit=MAX_CONFIG_BYTES, inside=run_dir,
+                                            what=CONFIG_FILE))
     except FileNotFoundError:
         raise RunDirError(f"{run_dir}: not a run directory (no {CONFIG_FILE})") from None
+    except UnsafeFileError as exc:
+        raise RunDirError(str(exc)) from None
     except (OSError, ValueError) as exc:
         raise RunDirError(f"{path}: unreadable ({exc})") from None
     if not isinstance(data, dict):
@@ -114,7 +126,8 @@ def select_checkpoint(run_dir: str | Path, run_id: str | None,
 
     Truncated or corrupt files (a crash, a bad disk) are skipped with a note. A file that
     decodes but belongs to another env or run, or that an older natgrad wrote, stops the
-    search with an error: resuming past it would later overwrite it.
+    search with an error: resuming past it would later overwrite it. So does a path that is
+    not a regular file (a FIFO, a device), a link out of the run, or an oversized file.
 
     Raises:
       RunDirError: such a foreign or old file, naming it and the mismatch.
@@ -122,9 +135,9 @@ def select_checkpoint(run_dir: str | Path, run_id: str | None,
     notes = []
     for path in list_checkpoints(run_dir):
         try:
-            checkpoint = read_checkpoint(path)
+            checkpoint = read_checkpoint(path, run_dir=run_dir)
         except CheckpointError as exc:
-            if "older version" in str(exc):
+            if isinstance(exc, CheckpointRefused) or "older version" in str(exc):
                 raise RunDirError(str(exc)) from None
             notes.append(f"skipped {path}: {exc}")
             continue
@@ -157,14 +170,17 @@ def claim_run_dir(run_dir: str | Path, run_id: str, config: dict, *,
                               "with TRPO.resume, or train into a new directory")
     else:
         write_run_config(run_dir, run_id, config)
-    for path in remove_temporary_files(run_dir):
-        log.warning("removed %s, left by an interrupted checkpoint write", path)
     if resumed_at is not None:
         newest = (list_checkpoints(run_dir) or [None])[0]
         if newest != newest_at_resume:
             raise RunDirError(f"{run_dir} was written to after it was loaded (now at "
                               f"{newest.name if newest else 'no checkpoint'}); resume it again")
-        ProgressLogger(run_dir).truncate_after(resumed_at)
+        try:
+            ProgressLogger(run_dir).truncate_after(resumed_at)
+        except UnsafeFileError as exc:
+            raise RunDirError(str(exc)) from None
+    for path in remove_temporary_files(run_dir):
+        log.warning("removed %s, left by an interrupted checkpoint write", path)
 
 
 def resume_point(run_dir: str | Path) -> tuple[str, dict, Checkpoint | None]:
@@ -212,7 +228,17 @@ class RunLock:
         if key in self._held:
             self._held[key][1] += 1
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link, never blocking on a FIFO
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0), 0o644)
+        except OSError:
+            if os.path.islink(self.path):
+                raise RunDirError(f"{self.path} is a symbolic link; refused (a run's lock "
+                                  "file must be a regular file: remove the link)") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunDirError(f"{self.path} is not a regular file; refused (remove it)")
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
