@@ -344,8 +344,7 @@ def test_non_finite_loss_or_gradient_rejected(kind, compiled):
         assert np.isnan(float(stats["loss_before"]))
     else:
         assert np.isfinite(float(stats["loss_before"]))
-    # A rejected step grows the adaptive damping.
-    np.testing.assert_allclose(opt.damping, 1e-3 * 1.5, rtol=1e-12)
+    assert opt.damping == 1e-3  # a non-finite batch says nothing of the model's fit: λ kept
 
 
 # Adaptive damping -------------------------------------------------------------------------------
