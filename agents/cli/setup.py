@@ -16,7 +16,7 @@ from pathlib import Path
 
 from agents.cli.overrides import parse_overrides
 from agents.runs.checkpoint import CheckpointRefused, check_checkpoint_files
-from agents.runs.layout import CONFIG_FILE, LOCK_FILE
+from agents.runs.layout import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE
 from agents.runs.run_dir import RunDirError, RunLock, read_run_config, select_checkpoint
 
 DEFAULT_ENV_ID = "CartPole-v1"
@@ -84,7 +84,7 @@ def load_run(run_dir: Path):
     for note in notes:
         logging.getLogger("agents").warning("%s", note)
     if checkpoint is None:
-        raise UsageError(f"{run_dir}: no usable checkpoint in {run_dir / 'checkpoints'}")
+        raise UsageError(f"{run_dir}: no usable checkpoint in {run_dir / CHECKPOINT_DIR}")
     import_tensorflow_quietly()
     from agents import TRPO
 
