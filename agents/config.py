@@ -30,6 +30,8 @@ MAX_N_ENVS = 4096
 MAX_BATCH_SIZE = 1 << 26  # n_envs * n_steps samples per update
 MAX_HIDDEN_WIDTH = 1 << 16
 MAX_PARAMETER_BYTES = 1 << 31  # hidden-to-hidden weights of both networks, float64
+MAX_EVAL_EPISODES = 100_000  # one return each, kept in memory and in eval.json (~3 MB)
+MAX_EVAL_EPISODE_STEPS = 100_000_000  # the step cap of one evaluation episode
 FLOAT_BYTES = 8
 ROLLOUT_FLOATS = 6  # per sample besides observations and actions: rewards, values, GAE, ...
 
@@ -135,8 +137,9 @@ class TRPOConfig:
         "A NaN/inf observation, reward, return or value loss: 'stop' (checkpoint, then raise) "
         "or 'skip' (drop the batch, count it in progress.csv).", "stop")
     save_env_state: bool = _help(
-        "Also pickle the sync envs into checkpoints, for a bit-exact resume. Loading them "
-        "runs code from the file: only done when the loader passes trust_env_state.", False)
+        "Also pickle the sync envs whose state is not saved as arrays (agents/envs/env_state.py) "
+        "into checkpoints, for a bit-exact resume of those too. Loading them runs code from "
+        "the file: only done when the loader passes trust_env_state.", False)
 
     def validate(self) -> TRPOConfig:
         """Raises ``ValueError`` naming the field, the bad value and what is accepted."""
@@ -206,6 +209,12 @@ class TRPOConfig:
             if any(w > MAX_HIDDEN_WIDTH for w in widths):
                 problems.append(f"{name}={widths!r} (limit: {MAX_HIDDEN_WIDTH:,} units a "
                                 "layer)")
+        if self.eval_episodes > MAX_EVAL_EPISODES:
+            problems.append(f"eval_episodes={self.eval_episodes} (limit: "
+                            f"{MAX_EVAL_EPISODES:,} episodes)")
+        if self.eval_max_episode_steps > MAX_EVAL_EPISODE_STEPS:
+            problems.append(f"eval_max_episode_steps={self.eval_max_episode_steps} (limit: "
+                            f"{MAX_EVAL_EPISODE_STEPS:,} steps)")
         weights = sum(a * b for widths in (self.policy_hidden, self.value_hidden)
                       for a, b in zip(widths, widths[1:], strict=False))
         if not problems and weights * FLOAT_BYTES > MAX_PARAMETER_BYTES:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import gymnasium as gym
 import numpy as np
 
+from agents.envs.env_state import restore_env_state
 from agents.envs.normalization import (
     RewardScaler,
     RunningMeanStd,
@@ -217,13 +218,29 @@ class RolloutWorker:
 
     def restore(self, saved: dict, reseed: int) -> None:
         """Puts this (new) worker into a saved state: ``saved["worker"]`` (:meth:`state`) and
-        ``saved["sub_envs"]``, the pickled sync envs where given and trusted. Without them the
-        envs are reset with ``reseed`` (the episodes in progress are lost). The normalizers
-        keep their state either way."""
+        the sync envs' own state, ``saved["env_states"]``
+        (:func:`agents.envs.env_state.restore_env_state`, into envs first reset with
+        ``reseed``) or ``saved["sub_envs"]`` (pickled envs, given only when trusted). Without
+        either, the envs are reset with ``reseed`` and the episodes in progress are lost. The
+        normalizers keep their saved state either way.
+
+        Raises:
+          agents.envs.env_state.EnvStateError: an env state that does not fit these envs
+            (checked for all of them before any is written).
+        """
         # A reset feeds the first observations to the normalizers: keep their saved state.
         obs_state, reward_state = normalizer_state(self.obs_rms, self.reward_scaler)
-        if saved["sub_envs"] is not None and isinstance(self.envs, gym.vector.SyncVectorEnv):
+        sync = isinstance(self.envs, gym.vector.SyncVectorEnv)
+        if saved.get("sub_envs") is not None and sync:
             self.envs.envs = saved["sub_envs"]
+            self.load_state(saved["worker"])
+        elif saved.get("env_states") is not None and sync:
+            self.envs.reset(seed=reseed)  # every env made and reset, then put into its state
+            pairs = list(zip(self.envs.envs, saved["env_states"], strict=True))
+            for env, state in pairs:  # all checked before any is written
+                restore_env_state(env, state, check_only=True)
+            for env, state in pairs:
+                restore_env_state(env, state)
             self.load_state(saved["worker"])
         else:
             self.reset(reseed)

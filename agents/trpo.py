@@ -71,6 +71,7 @@ from agents.runs.run_dir import RunWriter, resume_point
 from agents.stop_signals import StopSignals, TrainingInterrupted
 from agents.tf_threads import apply_tf_threads
 from agents.update import UpdateFunctions, make_optimizers, make_update_fns
+from agents.worker_sync import WorkerSync
 from agents.workers import check_same_start, check_worker_settings, worker_position
 
 log = logging.getLogger("agents")
@@ -93,10 +94,11 @@ class TRPO:
         here, before any training.
 
     Checkpoints (``save``, and ``run_dir/checkpoints/update_NNNNNN.ckpt``) are arrays plus JSON
-    (:mod:`agents.runs.agent_state`): loading one never runs code from it. A resume re-seeds the
-    envs (seed ``seed + updates``), so episodes in progress are lost; with
-    ``save_env_state=True`` the sync envs are pickled too and ``TRPO.resume(run_dir,
-    trust_env_state=True)`` continues bit for bit as if never stopped (on CPU).
+    (:mod:`agents.runs.agent_state`): loading one never runs code from it. They hold the envs'
+    own state as arrays and JSON too (:mod:`agents.envs.env_state`), so a resume continues bit
+    for bit as if never stopped (on CPU); envs whose state cannot be captured are re-seeded
+    (``seed + updates``) unless ``save_env_state=True`` pickles them and the load trusts the
+    file (``trust_env_state=True``).
 
     Training with a ``run_dir`` holds its lock (:class:`agents.runs.run_dir.RunLock`); Ctrl-C or
     ``SIGTERM`` stops after the current update with a checkpoint (:class:`TrainingInterrupted`);
@@ -133,6 +135,7 @@ class TRPO:
         self.encoder = ObservationEncoder(self.observation_space)
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self._build_networks()
+        self._sync = WorkerSync.from_strategy(strategy, self.obs_rms, self.reward_scaler)
         self.num_timesteps = 0
         self.updates = 0
         self.wall_time = 0.0
@@ -260,23 +263,24 @@ class TRPO:
         # 1. Collect a batch with the current policy.
         rng = self.rng if self.num_workers == 1 else np.random.default_rng(
             [cfg.seed, self.worker_index, self.updates])  # each worker samples its own actions
-        if pending is not None:
-            if pending.error is not None:
-                raise pending.error
-            rollout = pending.rollout
-        else:
-            rollout = worker.collect(self.policy.numpy_params(), cfg.n_steps, rng,
-                                     first_step=self.num_timesteps)
-        mean_return = worker.mean_return()  # of the episodes up to this batch's end
-        # 2. Advantages by GAE, bootstrapping V(final_obs) at truncation.
-        values, advantages, returns = self.estimate_advantages(rollout)
-        policy_advantages = (normalize_advantages(advantages)  # across workers: in the update
-                             if cfg.normalize_advantages and self.num_workers == 1
-                             else advantages)
-        update_advantages = flatten_time(policy_advantages).astype(np.float32)
-        update_returns = flatten_time(returns).astype(np.float32)
-        check_finite("the return", update_returns, self.num_timesteps, cfg.n_envs)
-        check_finite("the advantage", update_advantages, self.num_timesteps, cfg.n_envs)
+        with self._sync.batch():  # workers: all go on (normalizers merged), or all raise
+            if pending is not None:
+                if pending.error is not None:
+                    raise pending.error
+                rollout = pending.rollout
+            else:
+                rollout = worker.collect(self.policy.numpy_params(), cfg.n_steps, rng,
+                                         first_step=self.num_timesteps)
+            mean_return = worker.mean_return()  # of the episodes up to this batch's end
+            # 2. Advantages by GAE, bootstrapping V(final_obs) at truncation.
+            values, advantages, returns = self.estimate_advantages(rollout)
+            policy_advantages = (normalize_advantages(advantages)  # workers: in the update
+                                 if cfg.normalize_advantages and self.num_workers == 1
+                                 else advantages)
+            update_advantages = flatten_time(policy_advantages).astype(np.float32)
+            update_returns = flatten_time(returns).astype(np.float32)
+            check_finite("the return", update_returns, self.num_timesteps, cfg.n_envs)
+            check_finite("the advantage", update_advantages, self.num_timesteps, cfg.n_envs)
         critic_order = np.stack([rng.permutation(cfg.batch_size)
                                  for _ in range(cfg.critic_epochs)]).astype(np.int32)
         # 3 + 4. Natural-gradient policy step and value fit (with prefetch, the next batch is
@@ -378,8 +382,8 @@ class TRPO:
              strategy=None) -> TRPO:
         """Rebuilds an agent from ``save``/a checkpoint; ``env`` defaults to the saved env id.
 
-        Nothing in the file is executed, unless it holds pickled envs (``save_env_state``)
-        and ``trust_env_state=True``: pass that only for files you wrote.
+        Nothing in the file is executed (env state is arrays + JSON), unless it holds pickled
+        envs (``save_env_state``) and ``trust_env_state=True``: only for files you wrote.
 
         Raises:
           agents.runs.checkpoint.CheckpointError (a ``ValueError``): the file is unreadable,
@@ -399,19 +403,19 @@ class TRPO:
 
     @classmethod
     def resume(cls, run_dir, *, env=None, trust_env_state: bool = False,
-               strategy=None) -> TRPO:
+               use_checkpoint_config: bool = False, strategy=None) -> TRPO:
         """The agent of ``run_dir`` at its newest usable checkpoint; ``.learn()`` continues.
 
-        Checkpoints that are truncated or corrupt are skipped with a warning (logger
-        ``"agents"``); one from another env or run is refused (:mod:`agents.runs.run_dir`). A
-        run stopped before its first checkpoint restarts from its start, in place. Progress
-        rows written after the checkpoint are dropped when ``learn`` starts.
+        Corrupt checkpoints are skipped (a warning); another run's, or an edited config.json
+        unless ``use_checkpoint_config`` (``learn`` rewrites it), refused. No checkpoint: a
+        restart in place. Rows after the checkpoint are dropped when ``learn`` starts.
 
         Raises:
           RunDirError / CheckpointError (both ``ValueError``): naming what is wrong.
         """
         run_dir = Path(run_dir)
-        run_id, config, checkpoint = resume_point(run_dir)
+        run_id, config, checkpoint = resume_point(run_dir,
+                                                  use_checkpoint_config=use_checkpoint_config)
         if checkpoint is None:  # stopped before its first checkpoint: restart in place
             settings = {k: v for k, v in config.items() if k != "env_id"}
             agent = cls(config["env_id"] if env is None else env, run_dir=run_dir,
@@ -420,5 +424,5 @@ class TRPO:
         else:
             agent = cls.load(checkpoint, env=env, run_dir=run_dir,
                              trust_env_state=trust_env_state, strategy=strategy)
-        agent.run.mark_resumed()
+        agent.run.mark_resumed(rewrite_config=use_checkpoint_config)
         return agent

@@ -16,12 +16,28 @@ with ``overlap_value_fit`` the agent runs the value fit on a second thread while
 the next batch with the new policy (:mod:`agents.overlap`).
 
 With a ``strategy`` (``MultiWorkerMirroredStrategy``: one replica per worker process, each on
-its own batch), the same update runs under ``strategy.run`` and equals the update on all
-workers' batches together: the advantages are standardized with cross-worker statistics, the
-policy step averages its loss, gradient, Fisher products and line search over the workers
-(:mod:`natgrad.distribute`), the value fit's gradients are summed by Keras' optimizer from
-losses scaled by ``1 / workers``, and every worker applies the same change. Collectives may
-not sit inside graph loops on CPU, so there the value-fit loop is unrolled.
+its own batch), the update equals the update on all ``W`` workers' batches together:
+
+* the policy step runs under ``strategy.run``: the advantages are standardized with
+  cross-worker statistics, and the step averages its loss, gradient, Fisher products and line
+  search over the workers (:mod:`natgrad.distribute`): ``cg_iters + line_search_max_tries + 4``
+  all-reduces, unrolled, since collectives may not sit inside graph loops on CPU;
+* the value fit's data, every worker's observations, returns and minibatch order, are
+  all-gathered once (:func:`gather_value_batch`; TensorFlow gathers each tensor's shape, then
+  its data: 2 collectives a tensor); then each worker runs the same fit as one process, a
+  graph loop without any collective, on the ``W × N`` samples, minibatch ``b`` of an epoch
+  being every worker's minibatch ``b`` (``W × critic_batch_size`` samples). Adam steps on
+  identical data from identical weights leave identical weights on every worker. The fit runs
+  outside ``strategy.run``, where a mirrored variable is this worker's own copy and Keras'
+  optimizer reduces nothing (so each worker must have one device:
+  :func:`check_one_device_per_worker`).
+
+The value fit thus costs 6 collectives an update instead of one all-reduce per Adam step, and
+traces as one loop instead of ``critic_epochs × minibatches`` unrolled steps
+(``scripts/bench_distributed.py --update ENV`` counts and times them). The price: every
+worker repeats the whole fit, so its compute does not shrink with more workers (it is one
+process's fit on the global batch; small next to collecting that batch for TRPO's value
+networks, and free of the per-step latency of a collective).
 
 Both are traced without AutoGraph (``autograph=False``): every loop and branch in it,
 natgrad's included, is an explicit ``tf.while_loop``/``tf.cond`` or plain Python on static
@@ -42,6 +58,9 @@ import tensorflow as tf
 import natgrad
 from natgrad.distribute import ReplicaMean, replica_context
 from natgrad.structure import all_finite
+
+# dtypes TensorFlow's collectives carry; others (uint8 frames, bool) travel as int32, exactly
+COLLECTIVE_DTYPES = (tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
 
 
 def natural_gradient_settings(cfg) -> dict:
@@ -93,8 +112,12 @@ def make_update_fns(cfg, policy, value, policy_optimizer, value_optimizer, obs_s
                      else spec(obs_spec))
     action_signature = spec(action_spec)
     value_vars = list(value.trainable_variables)
+    workers = 1
+    if strategy is not None:
+        check_one_device_per_worker(strategy)
+        workers = strategy.num_replicas_in_sync
     policy_step = _policy_step(cfg, policy, policy_optimizer)
-    fit_value = _value_fit(cfg, value, value_optimizer, strategy)
+    fit_value = _value_fit(cfg, value, value_optimizer, workers)
 
     def standardize(advantages):
         """``(Â − mean) / (std + 1e-8)`` over every worker's batch (population std)."""
@@ -121,25 +144,37 @@ def make_update_fns(cfg, policy, value, policy_optimizer, value_optimizer, obs_s
         stats["policy_finite"] = all_finite(policy.trainable_variables)
         return stats
 
+    def replica_value_batch(obs, returns, critic_order):
+        return gather_value_batch(replica_context(), obs, returns, critic_order,
+                                  cfg.critic_batch_size)
+
+    def value_fit(obs, returns, critic_order):  # with a strategy: on every worker's batch
+        loss = fit_value(obs, returns, critic_order)
+        return {"value_loss": loss, "value_finite": all_finite(value_vars)}
+
     @tf.function(autograph=False, input_signature=[
         obs_signature, tf.TensorSpec([n], tf.float32),
         tf.TensorSpec([cfg.critic_epochs, n], tf.int32)])
     def update_value(obs, returns, critic_order):
-        return on_replicas(replica_value_fit, obs, returns, critic_order)
-
-    def replica_value_fit(obs, returns, critic_order):
-        loss = ReplicaMean(replica_context())(fit_value(obs, returns, critic_order))
-        return {"value_loss": loss, "value_finite": all_finite(value_vars)}
+        if strategy is None:
+            return value_fit(obs, returns, critic_order)
+        return value_fit(*on_replicas(replica_value_batch, obs, returns, critic_order))
 
     @tf.function(autograph=False, input_signature=[
         obs_signature, action_signature, tf.TensorSpec([n], tf.float32),
         tf.TensorSpec([n], tf.float32), tf.TensorSpec([cfg.critic_epochs, n], tf.int32)])
     def update_both(obs, actions, advantages, returns, critic_order):
-        def replica_both(obs, actions, advantages, returns, critic_order):
+        if strategy is None:
             stats = replica_policy_step(obs, actions, advantages)
-            return {**stats, **replica_value_fit(obs, returns, critic_order)}
+            return {**stats, **value_fit(obs, returns, critic_order)}
 
-        return on_replicas(replica_both, obs, actions, advantages, returns, critic_order)
+        def replica_both(obs, actions, advantages, returns, critic_order):
+            return (replica_policy_step(obs, actions, advantages),
+                    replica_value_batch(obs, returns, critic_order))
+
+        stats, value_batch = on_replicas(replica_both, obs, actions, advantages, returns,
+                                         critic_order)
+        return {**stats, **value_fit(*value_batch)}
 
     return UpdateFunctions(update_policy, update_value, update_both)
 
@@ -170,11 +205,12 @@ def _policy_step(cfg, policy, policy_optimizer) -> Callable:
     return policy_step
 
 
-def _value_fit(cfg, value, value_optimizer, strategy) -> Callable:
+def _value_fit(cfg, value, value_optimizer, workers: int) -> Callable:
     """``(obs, returns, critic_order) -> final loss``: ``critic_epochs`` passes of Adam over
-    minibatches of ``mean (V(s) − R̂)²`` in the order given (with a strategy, each replica's
-    loss scaled by ``1 / replicas``, so Keras' summed gradients are the mean)."""
-    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    minibatches of ``mean (V(s) − R̂)²`` in the order given, one graph loop. For ``workers``
+    workers' batches gathered (:func:`gather_value_batch`): ``workers × batch_size`` samples in
+    minibatches of ``workers × critic_batch_size``."""
+    minibatch = cfg.critic_batch_size * workers
     batches_per_epoch = math.ceil(cfg.batch_size / cfg.critic_batch_size)
     value_vars = list(value.trainable_variables)
 
@@ -182,28 +218,65 @@ def _value_fit(cfg, value, value_optimizer, strategy) -> Callable:
         return tf.reduce_mean(tf.square(value(obs) - returns))
 
     def fit_value(obs, returns, critic_order):
-        def minibatch(epoch, b):
-            idx = critic_order[epoch, b * cfg.critic_batch_size:
-                               (b + 1) * cfg.critic_batch_size]
+        def minibatch_step(epoch, b):
+            idx = critic_order[epoch, b * minibatch:(b + 1) * minibatch]
             with tf.GradientTape() as tape:
-                loss = value_loss(_rows(obs, idx), tf.gather(returns, idx)) / replicas
+                loss = value_loss(_rows(obs, idx), tf.gather(returns, idx))
             grads = tape.gradient(loss, value_vars)
             value_optimizer.apply_gradients(zip(grads, value_vars, strict=True))
 
-        if strategy is None:  # one graph loop over every minibatch of every epoch
-            def body(i):
-                minibatch(i // batches_per_epoch, i % batches_per_epoch)
-                return (i + 1,)
+        def body(i):  # one graph loop over every minibatch of every epoch
+            minibatch_step(i // batches_per_epoch, i % batches_per_epoch)
+            return (i + 1,)
 
-            tf.while_loop(lambda i: i < cfg.critic_epochs * batches_per_epoch, body,
-                          (tf.constant(0),))
-        else:  # collectives may not sit in graph loops on CPU: unrolled
-            for epoch in range(cfg.critic_epochs):
-                for b in range(batches_per_epoch):
-                    minibatch(epoch, b)
+        tf.while_loop(lambda i: i < cfg.critic_epochs * batches_per_epoch, body,
+                      (tf.constant(0),))
         return value_loss(obs, returns)
 
     return fit_value
+
+
+def gather_value_batch(context, obs, returns, critic_order, critic_batch_size: int) -> tuple:
+    """``(obs, returns, order)`` of every worker's batch, for the value fit on all of them.
+
+    ``obs`` ``[N, ...]`` (or a dict of such), ``returns`` ``[N]`` and ``critic_order``
+    ``[E, N]`` (a permutation of this worker's ``N`` samples per epoch) are all-gathered in one
+    call: ``obs`` and ``returns`` become ``[W N, ...]``, worker ``w``'s sample ``i`` at
+    ``w N + i``; the order becomes ``[E, W N]``, in which minibatch ``b`` (``W ×
+    critic_batch_size`` entries) holds every worker's minibatch ``b`` in worker order. Without a
+    replica ``context`` (one replica), they are returned unchanged.
+    """
+    if context is None:
+        return obs, returns, critic_order
+    workers = context.num_replicas_in_sync
+    epochs, n = critic_order.shape
+    obs, returns, orders = _all_gather(context, (obs, returns, critic_order))
+    orders = (tf.reshape(orders, [workers, epochs, n])
+              + tf.reshape(tf.range(workers) * n, [workers, 1, 1]))
+    pieces = [tf.reshape(tf.transpose(orders[:, :, first:first + critic_batch_size], [1, 0, 2]),
+                         [epochs, -1]) for first in range(0, n, critic_batch_size)]
+    return obs, returns, tf.concat(pieces, axis=1)
+
+
+def _all_gather(context, structure):
+    """Every replica's tensors of ``structure`` concatenated along axis 0, in replica order."""
+    def send(x):
+        # (a new op on the replica's device: a collective on a function argument has none)
+        return tf.identity(x) if x.dtype in COLLECTIVE_DTYPES else tf.cast(x, tf.int32)
+
+    sent = tf.nest.map_structure(send, structure)
+    gathered = context.all_gather(sent, axis=0)
+    return tf.nest.map_structure(lambda g, x: tf.cast(g, x.dtype), gathered, structure)
+
+
+def check_one_device_per_worker(strategy) -> None:
+    """Raises ``ValueError`` unless ``strategy`` has one device on this worker: the agent's
+    rollouts, its value fit and its view of the weights are one per worker process."""
+    devices = len(strategy.extended.worker_devices)
+    if devices != 1:
+        raise ValueError(f"TRPO's workers train on one device each; this worker's strategy "
+                         f"has {devices} ({', '.join(strategy.extended.worker_devices)}): "
+                         "run one worker process per device (CUDA_VISIBLE_DEVICES)")
 
 
 class UpdateFunctions(NamedTuple):

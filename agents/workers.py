@@ -2,8 +2,11 @@
 
 Each worker steps its own envs (seeded apart) and every update is one step on all workers'
 batches together (:mod:`agents.update`, :mod:`natgrad.distribute`): all workers hold identical
-weights after each update. Worker 0, the chief, writes the run directory (config, progress,
-checkpoints, evaluation); the others only read it (a resume loads the chief's checkpoint).
+weights after each update. Before it, the workers agree (:mod:`agents.worker_sync`): their
+normalizers' statistics are merged, so they stay identical too, and if one worker's batch is
+not finite, every worker stops at that update. Worker 0, the chief, writes the run directory
+(config, progress, checkpoints, evaluation); the others only read it (a resume loads the
+chief's checkpoint).
 
 A worker learns its place from ``TF_CONFIG``, TensorFlow's cluster description::
 
@@ -81,16 +84,14 @@ def all_reduce(strategy, value: float, op: str) -> float:
 
 
 def check_worker_settings(cfg, num_workers: int) -> None:
-    """Raises ``ValueError`` for settings several workers do not support yet: running
-    normalizers (each worker's statistics would differ) and ``on_non_finite="skip"`` (a batch
-    skipped on one worker would leave the others waiting)."""
-    if num_workers > 1 and (cfg.normalize_obs or cfg.normalize_reward
-                            or cfg.on_non_finite == "skip"):
+    """Raises ``ValueError`` for a setting several workers do not support yet:
+    ``on_non_finite="skip"``. (Every worker does stop at the same update when one meets a NaN,
+    :mod:`agents.worker_sync`; but a skipped batch is counted and its envs re-seeded as one
+    process's, which would make the workers' counts and envs wrong.)"""
+    if num_workers > 1 and cfg.on_non_finite == "skip":
         raise ValueError(
-            "with several workers, normalize_obs and normalize_reward must be false (each "
-            "worker's running statistics would differ) and on_non_finite must be 'stop' (a "
-            "batch skipped on one worker would leave the others waiting): neither is "
-            "supported yet")
+            "with several workers, on_non_finite must be 'stop' (every worker then stops at "
+            "the update where one met a NaN or infinity): 'skip' is not supported yet")
 
 
 def check_same_start(strategy, updates: int) -> None:

@@ -60,6 +60,7 @@ from natgrad.keras_adapter import (
     loss_scale_state,
     loss_tracker,
 )
+from natgrad.keras_kfac import build_factors, kfac_step_arguments
 from natgrad.keras_losses import (
     SUPPORTED_LOSSES,
     check_losses,
@@ -69,6 +70,7 @@ from natgrad.keras_losses import (
     output_losses,
 )
 from natgrad.keras_mixed_precision import LossScale, curvature_arguments
+from natgrad.kfac import KroneckerFactors
 from natgrad.optimizer import NaturalGradient
 from natgrad.recent_inputs import RecentInputs, top_up, top_up_to_fixed_size
 from natgrad.structure import as_tf_variables
@@ -93,6 +95,7 @@ class FitState:
     recent: RecentInputs
     reference_batch_size: int
     trackers: dict
+    kronecker: KroneckerFactors | None = None  # cg_preconditioner="kfac": made at first use
 
     @classmethod
     def create(cls, reference_batch_size: int) -> FitState:
@@ -319,6 +322,12 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
     )
     if real_rows is not None:
         distribution = mean_over_leading_rows(distribution, real_rows)
+    preconditioner = None
+    if optimizer.cg_preconditioner == "kfac" and state is not None and context is None:
+        state.kronecker = state.kronecker or KroneckerFactors(
+            optimizer.preconditioner_decay, optimizer.kfac_inverse_period)
+        outputs_fn, preconditioner = kfac_step_arguments(
+            model, state.kronecker, outputs_fn, distribution, optimizer.iterations, real_rows)
     stats = optimizer.minimize(
         loss_fn,
         model.trainable_variables,
@@ -326,6 +335,7 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
                               model.trainable_variables, distribution),
         max_kl=max_kl,
         replica_weight=None if context is None else n,
+        preconditioner=preconditioner,
     )
     if loss_scale is not None:
         finite = loss_scale.gradient_is_finite()
@@ -338,6 +348,22 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
         # A batch whose loss is not finite (NaN inputs) would poison later curvature: skipped.
         recent.add(x, enabled=tf.math.is_finite(stats["loss_before"]))
     return _logs(model, state, stats, data, first_pass["y_pred"], n)
+
+
+def _build_state(model: keras.Model, optimizer: NaturalGradient, state: FitState) -> None:
+    """Makes the optimizer's and the step's own variables now, where the model is built and
+    (for the ring) its one input is declared, as ``Sequential`` and functional models do:
+    variables made while ``fit`` traces the step make TensorFlow trace it twice, doubling the
+    first epoch's overhead (Keras builds the optimizer there on TensorFlow)."""
+    if model.built and model.trainable_variables:
+        model.optimizer.build(model.trainable_variables)  # and a LossScaleOptimizer's state
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) == 1 and state.recent.supports(inputs[0]):
+        state.recent.all_rows(inputs[0])  # builds the ring
+    if optimizer.cg_preconditioner == "kfac":
+        state.kronecker = KroneckerFactors(optimizer.preconditioner_decay,
+                                           optimizer.kfac_inverse_period)
+        build_factors(model, state.kronecker)
 
 
 def enable_natural_gradient(model: keras.Model, *, reference_batch_size: int = 128) -> keras.Model:
@@ -366,10 +392,15 @@ def enable_natural_gradient(model: keras.Model, *, reference_batch_size: int = 1
         ``MultiWorkerMirroredStrategy`` (see :mod:`natgrad.distribute`).
     """
     reference_batch_size = check_int("reference_batch_size", reference_batch_size, at_least=0)
-    _check_model(model)
+    optimizer = _check_model(model)
     check_strategy(model.distribute_strategy)
     state = FitState.create(reference_batch_size)
+    _build_state(model, optimizer, state)
 
+    # Not converted by AutoGraph (natgrad's graph code has no Python control flow on tensors;
+    # converting it tripled the time to trace the step), as Keras' own step is not: a model's
+    # ``call`` is traced as Keras' ``fit`` traces it.
+    @tf.autograph.experimental.do_not_convert
     def train_step(data):
         return natural_gradient_train_step(model, data, state)
 

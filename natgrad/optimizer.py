@@ -14,8 +14,14 @@ from natgrad.curvature import HVP_METHODS
 from natgrad.distribute import ReplicaMean, check_strategy, replica_context
 from natgrad.distributions import OutputDistribution
 from natgrad.preconditioner import diagonal_preconditioner, update_second_moments
-from natgrad.step_closures import CURVATURES, linearize_curvature, step_closures, step_max_kl
-from natgrad.structure import all_finite, as_tf_variables, check_variables, dot, zeros_if_none
+from natgrad.step_closures import (
+    CURVATURES,
+    linearize_curvature,
+    loss_and_gradient,
+    step_closures,
+    step_max_kl,
+)
+from natgrad.structure import as_tf_variables, check_variables, dot
 from natgrad.trust_region import (
     backtracking_line_search,
     levenberg_marquardt_damping,
@@ -23,7 +29,8 @@ from natgrad.trust_region import (
     trust_region_step_size,
 )
 
-PRECONDITIONERS = ("diagonal",)
+PRECONDITIONERS = ("diagonal", "kfac")
+CG_ITERS, KFAC_CG_ITERS = 10, 3  # cg_iters=None (scripts/bench_keras.py chose them)
 _UNSUPPORTED_BASE_KWARGS = (
     "weight_decay",
     "clipnorm",
@@ -68,14 +75,22 @@ class NaturalGradient(keras.optimizers.Optimizer):
         the loss change well, grow it when not). ``λ`` is optimizer state and is saved.
       damping_decay: float in ``(0, 1)``, default ``2/3``.
       min_damping, max_damping: bounds for adaptive ``λ``, default ``1e-8`` and ``1e4``.
-      cg_iters: int ≥ 1, conjugate-gradient iterations per step, default ``10``.
+      cg_iters: int ≥ 1 or ``None`` (default): conjugate-gradient iterations per step;
+        ``None`` is ``3`` when the step has a K-FAC preconditioner (``model.fit`` with
+        ``"kfac"`` and a Dense / Conv2D layer, or ``minimize``'s ``preconditioner``), else
+        ``10``.
       cg_tol: float ≥ 0, CG relative residual tolerance, default ``1e-10``.
-      cg_preconditioner: ``"diagonal"`` (default) or ``None``. ``"diagonal"`` preconditions
-        CG with a running average of squared gradients (decay ``preconditioner_decay``,
-        default ``0.95``), raised to the power 0.75 (:mod:`natgrad.preconditioner`): no extra
-        product, and the same iterations solve the system better on deep networks
-        (``scripts/bench_keras.py``). The averages are optimizer state. ``None``: plain CG,
-        as natgrad 0.2 and TRPO's update.
+      cg_preconditioner: ``"kfac"`` (default), ``"diagonal"`` or ``None``. ``"kfac"``:
+        Kronecker factors of each Dense / Conv2D layer's curvature (K-FAC), moving averages
+        (decay ``preconditioner_decay``, default ``0.95``) whose damped inverses are
+        recomputed every ``kfac_inverse_period`` steps (default ``10``) (:mod:`natgrad.kfac`);
+        ``model.fit`` gathers them from the step's own forward pass
+        (:mod:`natgrad.keras_kfac`); a custom loop passes ``preconditioner`` to
+        :meth:`minimize`, and without one (and in ``fit`` under a multi-replica
+        ``tf.distribute`` strategy) ``"kfac"`` acts as ``"diagonal"``. ``"diagonal"``: a
+        running average of squared gradients to the power 0.75 (:mod:`natgrad.preconditioner`).
+        Both are optimizer state (K-FAC's in ``fit``'s hook, not saved). ``None``: plain CG,
+        as natgrad 0.2 and TRPO's update. ``scripts/bench_keras.py`` measured the choice.
       max_kl: float > 0 or ``None`` (default): the trust-region radius ``δ`` in KL.
       line_search_shrink: float in ``(0, 1)``, default ``0.8``: backtracking factor.
       line_search_max_tries: int ≥ 0, default ``10``. ``0`` takes the full step without a
@@ -99,10 +114,11 @@ class NaturalGradient(keras.optimizers.Optimizer):
         damping_decay: float = 2.0 / 3.0,
         min_damping: float = 1e-8,
         max_damping: float = 1e4,
-        cg_iters: int = 10,
+        cg_iters: int | None = None,
         cg_tol: float = 1e-10,
-        cg_preconditioner: str | None = "diagonal",
+        cg_preconditioner: str | None = "kfac",
         preconditioner_decay: float = 0.95,
+        kfac_inverse_period: int = 10,
         max_kl: float | None = None,
         line_search_shrink: float = 0.8,
         line_search_max_tries: int = 10,
@@ -132,12 +148,15 @@ class NaturalGradient(keras.optimizers.Optimizer):
         self.max_damping = check_number(
             "max_damping", max_damping, at_least=self.min_damping, finite=False
         )
-        self.cg_iters = check_int("cg_iters", cg_iters, at_least=1)
+        self.cg_iters = None if cg_iters is None else check_int("cg_iters", cg_iters,
+                                                                at_least=1)
         self.cg_tol = check_number("cg_tol", cg_tol, at_least=0)
         self.cg_preconditioner = (None if cg_preconditioner is None else check_choice(
             "cg_preconditioner", cg_preconditioner, PRECONDITIONERS))
         self.preconditioner_decay = check_number(
             "preconditioner_decay", preconditioner_decay, greater_than=0, less_than=1)
+        self.kfac_inverse_period = check_int("kfac_inverse_period", kfac_inverse_period,
+                                             at_least=1)
         self.max_kl = check_number("max_kl", max_kl, greater_than=0, allow_none=True)
         self.line_search_shrink = check_number(
             "line_search_shrink", line_search_shrink, greater_than=0, less_than=1
@@ -203,6 +222,7 @@ class NaturalGradient(keras.optimizers.Optimizer):
                 "cg_tol": self.cg_tol,
                 "cg_preconditioner": self.cg_preconditioner,
                 "preconditioner_decay": self.preconditioner_decay,
+                "kfac_inverse_period": self.kfac_inverse_period,
                 "max_kl": self.max_kl,
                 "line_search_shrink": self.line_search_shrink,
                 "line_search_max_tries": self.line_search_max_tries,
@@ -266,6 +286,7 @@ class NaturalGradient(keras.optimizers.Optimizer):
         curvature_vector_product: Callable | None = None,
         max_kl=None,
         replica_weight=None,
+        preconditioner: Callable | None = None,
     ) -> dict[str, tf.Tensor]:
         """Takes one natural-gradient step on ``loss_fn`` and returns its statistics.
 
@@ -285,6 +306,9 @@ class NaturalGradient(keras.optimizers.Optimizer):
           replica_weight: under ``tf.distribute``, this replica's share of the global batch
             (its local batch size) for the replica averages; ``None`` weighs replicas
             equally, exact for equal shards. See :mod:`natgrad.distribute`.
+          preconditioner: optional ``λ -> (r -> M⁻¹ r)``, called once per step after the
+            gradient with the step's damping, instead of ``cg_preconditioner``'s (e.g. K-FAC's
+            from :class:`natgrad.kfac.KroneckerFactors`); if it returns ``None``, the latter.
 
         ``loss_fn`` is called first at the start variables ``θ₀`` (for ``loss_before``), then
         at the line search's trial points. ``iterations`` counts calls (steps attempted,
@@ -318,13 +342,15 @@ class NaturalGradient(keras.optimizers.Optimizer):
             mean=mean,
         )
 
-        loss_before, grads, finite_gradient = _loss_and_gradient(loss_fn, variables, mean)
+        loss_before, grads, finite_gradient = loss_and_gradient(loss_fn, variables, mean)
         dtype = loss_before.dtype
         damping = tf.cast(self._damping, dtype)
+        given = preconditioner(damping) if preconditioner is not None else None
+        iters = self.cg_iters or (KFAC_CG_ITERS if given is not None else CG_ITERS)
         solve = conjugate_gradient(
-            matvec, grads, max_iters=self.cg_iters, tol=self.cg_tol, damping=damping,
-            preconditioner=self._preconditioner(variables, grads, finite_gradient),
-            unroll=mean.active,
+            matvec, grads, max_iters=iters, tol=self.cg_tol, damping=damping,
+            preconditioner=given or self._preconditioner(variables, grads, finite_gradient),
+            unroll=mean.active or iters == 1,  # one product: no loop to trace
         )
         direction = solve.x
         learning_rate = tf.cast(self.learning_rate, dtype)
@@ -374,22 +400,3 @@ class NaturalGradient(keras.optimizers.Optimizer):
             "reduction_ratio": ratio,
         }
 
-
-def _loss_and_gradient(loss_fn, variables: list, mean: ReplicaMean) -> tuple:
-    """``(L(θ₀), ∇L(θ₀), finite)``, averaged over replicas; a non-finite loss or gradient gives
-    ``finite`` false and a zero gradient (zeros instead of NaN keep CG quiet; the step is
-    rejected anyway).
-
-    Raises:
-      ValueError: ``loss_fn`` returns a non-scalar.
-    """
-    with tf.GradientTape() as tape:
-        loss = tf.convert_to_tensor(loss_fn())
-    if loss.shape.rank != 0:
-        raise ValueError(f"loss_fn must return a scalar; got shape {loss.shape}")
-    grads = tape.gradient(loss, variables)
-    grads = [tf.convert_to_tensor(g) for g in zeros_if_none(grads, variables)]
-    loss, grads = mean((loss, grads))
-    finite = all_finite(loss, grads)
-    grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
-    return loss, grads, finite

@@ -24,6 +24,7 @@ import tensorflow as tf
 from natgrad.curvature import hessian_vector_product, linearize_gauss_newton
 from natgrad.distribute import ReplicaMean
 from natgrad.distributions import OutputDistribution
+from natgrad.structure import all_finite, zeros_if_none
 
 CURVATURES = ("fisher", "gauss_newton", "hessian")
 
@@ -144,4 +145,25 @@ def step_closures(
     return StepClosures(matvec, kl_fn)
 
 
-__all__ = ["CURVATURES", "StepClosures", "linearize_curvature", "step_closures", "step_max_kl"]
+def loss_and_gradient(loss_fn, variables: list, mean: ReplicaMean) -> tuple:
+    """``(L(θ₀), ∇L(θ₀), finite)``, averaged over replicas; a non-finite loss or gradient gives
+    ``finite`` false and a zero gradient (zeros instead of NaN keep CG quiet; the step is
+    rejected anyway).
+
+    Raises:
+      ValueError: ``loss_fn`` returns a non-scalar.
+    """
+    with tf.GradientTape() as tape:
+        loss = tf.convert_to_tensor(loss_fn())
+    if loss.shape.rank != 0:
+        raise ValueError(f"loss_fn must return a scalar; got shape {loss.shape}")
+    grads = tape.gradient(loss, variables)
+    grads = [tf.convert_to_tensor(g) for g in zeros_if_none(grads, variables)]
+    loss, grads = mean((loss, grads))
+    finite = all_finite(loss, grads)
+    grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+    return loss, grads, finite
+
+
+__all__ = ["CURVATURES", "StepClosures", "linearize_curvature", "loss_and_gradient",
+           "step_closures", "step_max_kl"]

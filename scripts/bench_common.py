@@ -112,10 +112,14 @@ def _jsonable(value):
 
 
 def write_json(path: str | Path, document) -> Path:
-    """Writes ``document`` to ``path`` (parents created) as indented JSON; returns the path."""
+    """Writes ``document`` to ``path`` (parents created) as indented JSON, atomically (a
+    process killed meanwhile leaves the old file or none, never half of one); returns the
+    path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, default=_jsonable) + "\n")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(document, indent=2, default=_jsonable) + "\n")
+    os.replace(temporary, path)
     return path
 
 
@@ -136,17 +140,27 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, calls: int = 1) ->
 
 def train_to_budgets(budgets: Iterable[int], learn: Callable[[int], object],
                      evaluate: Callable[[], list[float]],
-                     num_timesteps: Callable[[], int]) -> dict:
+                     num_timesteps: Callable[[], int], *, previous: dict | None = None,
+                     after_each: Callable[[dict], object] | None = None) -> dict:
     """Trains to each of ``budgets`` (env steps) in turn with ``learn(budget)``, calling
     ``evaluate()`` (returns of a deterministic evaluation, ``[]`` for none) after each, and
     times the two apart. Both sides of ``bench_trpo.py`` (natgrad, and sb3-contrib in
     ``sb3_peer.py``) run through it, so they are timed alike.
 
+    ``previous`` (a return value of an earlier, interrupted call) continues it: its budgets are
+    not trained again and its seconds count on. ``after_each(document)`` is called with the
+    document so far after each budget (to save it, so that a killed run loses no finished
+    budget).
+
     Returns ``{"results": [{"budget", "steps", "eval_returns", "learn_seconds_so_far"}, ...],
     "learn_seconds", "eval_seconds"}``.
     """
-    results, learn_seconds, eval_seconds = [], 0.0, 0.0
-    for budget in sorted(budgets):
+    previous = previous or {}
+    results = list(previous.get("results", []))
+    learn_seconds = float(previous.get("learn_seconds", 0.0))
+    eval_seconds = float(previous.get("eval_seconds", 0.0))
+    done = {r["budget"] for r in results}
+    for budget in sorted(set(budgets) - done):
         start = time.perf_counter()
         learn(budget)
         learn_seconds += time.perf_counter() - start
@@ -155,7 +169,11 @@ def train_to_budgets(budgets: Iterable[int], learn: Callable[[int], object],
         eval_seconds += time.perf_counter() - start
         results.append({"budget": budget, "steps": int(num_timesteps()),
                         "eval_returns": returns, "learn_seconds_so_far": learn_seconds})
-    return {"results": results, "learn_seconds": learn_seconds, "eval_seconds": eval_seconds}
+        if after_each is not None:
+            after_each({"results": results, "learn_seconds": learn_seconds,
+                        "eval_seconds": eval_seconds})
+    return {"results": sorted(results, key=lambda r: r["budget"]),
+            "learn_seconds": learn_seconds, "eval_seconds": eval_seconds}
 
 
 # TRPO config overrides --------------------------------------------------------------------

@@ -34,7 +34,10 @@ A run that raises (NaturalGradient under ``--jit-compile true``) is recorded as 
 tracing included, is kept apart) of: the loss gradient; the curvature operator's linearization
 and one curvature-vector product (from chains of 1 and 11 products); one ``minimize`` call
 (each in a ``tf.function`` with the runs' ``jit_compile``, closures built as ``fit`` builds
-them); and the train step ``fit`` compiles, for the variant and for Adam.
+them, K-FAC's included); one forward pass (the cost of a line-search trial); with
+``cg_preconditioner="kfac"``, K-FAC's statistics (the recorded forward pass, the sampled
+backward pass, the factors) and its damped inverses (made every ``kfac_inverse_period``
+steps); and the train step ``fit`` compiles, for the variant and for Adam.
 
 Usage (``--help`` lists every option)::
 
@@ -71,6 +74,13 @@ import tensorflow as tf  # noqa: E402
 
 import natgrad  # noqa: E402
 from natgrad.keras_fit import STEP_METRICS  # noqa: E402
+from natgrad.keras_kfac import (  # noqa: E402
+    LayerRecording,
+    build_factors,
+    kfac_step_arguments,
+    sampled_output_cotangents,
+)
+from natgrad.kfac import KroneckerFactors, damped_inverses  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, also under -m
 import bench_common  # noqa: E402
@@ -83,6 +93,10 @@ DEFAULTS = {"seeds": 5, "ae_budget": 60.0, "max_epochs": 30, "wall_cap": 120.0,
 QUICK = {"seeds": 1, "ae_budget": 5.0, "max_epochs": 2, "wall_cap": 5.0, "profile_repeats": 3}
 # What NaturalGradient hits under XLA on CPU: its fit step, and MaxPool's second derivative.
 XLA_ERRORS = ("must be a compile-time constant", "Detected unsupported operations")
+# Hidden widths (--ae-hidden, --mlp-hidden, --cnn-hidden: two Conv2D filter counts, then the
+# Dense width).
+SHAPES = {"autoencoder": (200, 100, 50, 10, 50, 100, 200), "mlp": (400, 400),
+          "cnn": (8, 16, 32)}
 
 
 @dataclasses.dataclass
@@ -104,10 +118,11 @@ def make_task(name: str) -> Task:
     from sklearn.model_selection import train_test_split
 
     x, y = bench_common.digits()
+    widths = SHAPES[name] if name in SHAPES else ()
     if name == "autoencoder":
         def build():
             return keras.Sequential([keras.Input((64,)), *(
-                keras.layers.Dense(h, "tanh") for h in (200, 100, 50, 10, 50, 100, 200)),
+                keras.layers.Dense(h, "tanh") for h in widths),
                 keras.layers.Dense(64, "sigmoid", dtype="float32")])
 
         def evaluate(model) -> dict:
@@ -116,23 +131,24 @@ def make_task(name: str) -> Task:
                     "bce": float(-np.mean(x * np.log(p) + (1 - x) * np.log(1 - p)))}
 
         return Task(name, build, "binary_crossentropy", x, x, 128, evaluate, "mse", False,
-                    "Dense 64-200-100-50-10-50-100-200-64 tanh/sigmoid, BCE, batch 128, "
+                    f"Dense 64-{'-'.join(map(str, widths))}-64 tanh/sigmoid, BCE, batch 128, "
                     "1797 images; full-data MSE")
     x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=0.2, stratify=y,
                                                       random_state=0)
     if name == "cnn":
         x_train, x_val = x_train.reshape(-1, 8, 8, 1), x_val.reshape(-1, 8, 8, 1)
-        batch, text = 64, "Conv8-Conv16-Pool-Dense32-10 relu/softmax, batch 64"
+        c1, c2, dense = widths
+        batch, text = 64, f"Conv{c1}-Conv{c2}-Pool-Dense{dense}-10 relu/softmax, batch 64"
 
         def hidden():
-            return [keras.layers.Conv2D(8, 3, activation="relu"),
-                    keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.MaxPooling2D(2),
-                    keras.layers.Flatten(), keras.layers.Dense(32, "relu")]
+            return [keras.layers.Conv2D(c1, 3, activation="relu"),
+                    keras.layers.Conv2D(c2, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+                    keras.layers.Flatten(), keras.layers.Dense(dense, "relu")]
     elif name == "mlp":
-        batch, text = 128, "Dense 64-400-400-10 relu/softmax, batch 128"
+        batch, text = 128, f"Dense 64-{'-'.join(map(str, widths))}-10 relu/softmax, batch 128"
 
         def hidden():
-            return [keras.layers.Dense(400, "relu"), keras.layers.Dense(400, "relu")]
+            return [keras.layers.Dense(h, "relu") for h in widths]
     else:
         raise ValueError(f"unknown task {name!r}")
 
@@ -262,10 +278,39 @@ def profile_variant(task: Task, model: keras.Model, optimizer, x, y, repeats: in
             return norm
         return chain
 
+    kfac = optimizer.cg_preconditioner == "kfac"
+    factors = KroneckerFactors(optimizer.preconditioner_decay, optimizer.kfac_inverse_period)
+    if kfac:
+        build_factors(model, factors)
+
+    def kfac_closures() -> dict:  # as fit's step: factors from the recorded forward pass
+        if not kfac:
+            return closures
+        outputs_fn, preconditioner = kfac_step_arguments(
+            model, factors, closures["outputs_fn"], closures["output_distribution"],
+            optimizer.iterations)
+        return {**closures, "outputs_fn": outputs_fn, "preconditioner": preconditioner}
+
+    def kfac_statistics():  # the recorded forward pass, the sampled backward pass, A and G
+        recording = LayerRecording(model, variables)
+        outputs = recording.wrap(closures["outputs_fn"])()
+        cotangents = sampled_output_cotangents(model, outputs, closures["output_distribution"],
+                                               optimizer.iterations)
+        return tf.add_n([tf.reduce_sum(m) for pair in recording.factors(cotangents, tf.float32)
+                         for m in pair])
+
+    def kfac_inverses():  # every kfac_inverse_period steps
+        return tf.add_n([tf.reduce_sum(m) for a, g, _, _ in factors.states()
+                         for m in damped_inverses(a, g, 1e-3)])
+
     compiled = functools.partial(tf.function, jit_compile=model.jit_compile)
-    minimize = compiled(lambda: optimizer.minimize(loss_fn, variables, **closures))
-    fns = {"gradient": compiled(gradient), "1_product": compiled(products(1)),
-           "11_products": compiled(products(11)), "minimize": lambda: minimize()["loss_after"]}
+    minimize = compiled(lambda: optimizer.minimize(loss_fn, variables, **kfac_closures()))
+    fns = {"gradient": compiled(gradient), "forward": compiled(loss_fn),
+           "1_product": compiled(products(1)), "11_products": compiled(products(11)),
+           "minimize": lambda: minimize()["loss_after"]}
+    if kfac:
+        fns.update(kfac_statistics=compiled(kfac_statistics),
+                   kfac_inverses=compiled(kfac_inverses))
     for piece, fn in fns.items():
         pieces[piece] = bench_common.first_and_median(fn, fn, repeats=repeats, before=restore,
                                                       prefer=XLA_ERRORS)
@@ -289,8 +334,12 @@ def profile_line(p: dict, adam: dict) -> str:
 
     grad = p["gradient"].get("ms")
     stats = p.get("minimize_stats")
-    return (f"gradient {ms(grad)}, CG product {ms(p.get('cg_product_ms'), grad)} "
-            f"(+ linearization {ms(p.get('linearization_ms'))}), minimize "
+    kfac = (f", K-FAC statistics {ms(p['kfac_statistics'].get('ms'), grad)}, inverses "
+            f"{ms(p['kfac_inverses'].get('ms'))} (every kfac_inverse_period steps)"
+            if "kfac_statistics" in p else "")
+    return (f"gradient {ms(grad)}, forward (a line-search trial) {ms(p['forward'].get('ms'))}, "
+            f"CG product {ms(p.get('cg_product_ms'), grad)} "
+            f"(+ linearization {ms(p.get('linearization_ms'))}){kfac}, minimize "
             f"{ms(p['minimize'].get('ms'), grad)}"
             + (f" [{stats['cg_iterations']:.0f} CG iterations, {stats['line_search_tries']:.0f}"
                " line-search trials]" if stats else "")
@@ -330,6 +379,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variant", type=bench_common.name_and_json, action="append",
                    metavar="NAME=JSON",
                    help='NaturalGradient kwargs (default: default=\'{"max_kl": 0.01}\')')
+    for task, widths in SHAPES.items():
+        p.add_argument(f"--{task[:3]}-hidden" if task != "autoencoder" else "--ae-hidden",
+                       type=int, nargs="+", default=list(widths), metavar="WIDTH",
+                       help=f"{task} hidden widths (default {' '.join(map(str, widths))})")
     p.add_argument("--adam-lr", type=float, default=1e-3)
     p.add_argument("--full", action="store_true", help="run to the caps, not to the target")
     p.add_argument("--jit-compile", choices=("false", "true", "auto"), default="auto")
@@ -342,6 +395,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    SHAPES.update(autoencoder=tuple(args.ae_hidden), mlp=tuple(args.mlp_hidden),
+                  cnn=tuple(args.cnn_hidden))
+    if len(SHAPES["cnn"]) != 3:
+        p.error("--cnn-hidden takes 3 widths: two Conv2D filter counts and the Dense width")
     args.jit_compile = {"false": False, "true": True}.get(args.jit_compile, "auto")
     args.variants = dict(args.variant or [("default", {"max_kl": 0.01})])
     if ADAM in args.variants or len(args.variants) < len(args.variant or [0]):

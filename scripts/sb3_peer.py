@@ -15,7 +15,8 @@ nothing), 2 envs each: CartPole-v1 512 steps per env, critic minibatch 512, λ 0
 1e-3, 20 critic updates; Pendulum-v1 1024 steps, γ 0.9, 15 critic updates (without the Zoo's
 gSDE, which natgrad does not have); Acrobot-v1 ``VecNormalize``, 1024 steps; MuJoCo
 ``VecNormalize`` (observations and rewards), 1024 steps, λ 0.95, CG 25 steps, damping 0.1, 20
-critic updates, critic minibatch 128, and on HalfCheetah ``target_kl`` 0.04.
+critic updates, critic minibatch 128 (Hopper, HalfCheetah, Walker2d, Ant, Swimmer), on
+HalfCheetah ``target_kl`` 0.04 and on Swimmer γ 0.9999.
 
 Usage (inside the peer venv)::
 
@@ -46,7 +47,7 @@ CLASSIC = {
 }
 MUJOCO = dict(n_steps=1024, batch_size=128, gamma=0.99, gae_lambda=0.95, cg_max_steps=25,
               cg_damping=0.1, n_critic_updates=20, learning_rate=1e-3)
-MUJOCO_EXTRA = {"HalfCheetah-v5": dict(target_kl=0.04)}
+MUJOCO_EXTRA = {"HalfCheetah-v5": dict(target_kl=0.04), "Swimmer-v5": dict(gamma=0.9999)}
 N_ENVS = 2
 EVAL_SEED_OFFSET = 10_000
 

@@ -1,5 +1,6 @@
-"""``agents.runs.agent_state``: an agent saved and loaded, resumed exactly (trusted env state)
-or with re-seeded envs, and never with non-finite weights."""
+"""``agents.runs.agent_state``: an agent saved and loaded, resumed exactly (the envs' state as
+arrays and JSON, or a trusted pickle for envs without one) or with re-seeded envs, and never
+with non-finite weights or a malformed env state."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from agents.config import ADDED_FIELDS
 from agents.envs.factories import make_vector_env
 from agents.runs.checkpoint import (
     ENV_STATE_KEY,
+    ENV_STATES_PREFIX,
     CheckpointError,
     latest_checkpoint,
     read_checkpoint,
@@ -33,6 +35,20 @@ def _rows(run_dir):
 def _weights(agent):
     return [v.numpy() for v in (*agent.policy.trainable_variables,
                                 *agent.value.trainable_variables)]
+
+
+def _without_env_states(checkpoint) -> tuple[dict, dict]:
+    """``(meta, arrays)`` of ``checkpoint`` as natgrad wrote them before env states existed."""
+    meta = {k: v for k, v in checkpoint.meta.items() if k != "env_states"}
+    return meta, {k: v for k, v in checkpoint.arrays.items()
+                  if not k.startswith(ENV_STATES_PREFIX)}
+
+
+def _stepped_agent(settings, steps: int = 40):
+    """A CartPole agent whose envs took ``steps`` steps (episodes ended and in progress)."""
+    agent = TRPO("CartPole-v1", **settings)
+    agent.worker.collect(agent.policy.numpy_params(), steps, np.random.default_rng(1))
+    return agent
 
 
 @pytest.fixture
@@ -63,12 +79,15 @@ def test_trusted_env_state_resumes_bit_for_bit(tmp_path, settings, env_id, extra
 
 
 @pytest.mark.slow
-def test_default_resume_reseeds_the_envs_deterministically(tmp_path, settings):
+def test_default_resume_keeps_the_envs_without_pickles_and_is_deterministic(tmp_path,
+                                                                            settings):
     run = tmp_path / "run"
     TRPO("CartPole-v1", run_dir=run, **settings).learn(4 * BATCH)
     rows_at_checkpoint = _rows(run)
     ckpt = read_checkpoint(latest_checkpoint(run))
     assert ENV_STATE_KEY not in ckpt.arrays  # no pickled envs unless asked for
+    assert len(ckpt.meta["env_states"]) == settings["n_envs"]  # but their state as arrays
+    assert ckpt.arrays[f"{ENV_STATES_PREFIX}0/state"].shape == (4,)
 
     first = TRPO.resume(run).learn(6 * BATCH)
     assert first.num_timesteps == 6 * BATCH
@@ -81,22 +100,26 @@ def test_default_resume_reseeds_the_envs_deterministically(tmp_path, settings):
 
 
 def test_a_loaded_agent_continues_from_the_saved_envs_or_reseeds_them(tmp_path, settings):
-    """The first rollout of a loaded agent starts where the saved one stopped (trusted env
-    state), or from envs re-seeded ``seed + updates`` with the episode counts kept."""
-    agent = TRPO("CartPole-v1", save_env_state=True, **settings).learn(BATCH)
+    """The first rollout of a loaded agent starts where the saved one stopped (the envs' state
+    as arrays, nothing trusted), or, from a file without env state (an older natgrad), from
+    envs re-seeded ``seed + updates`` with the episode counts kept."""
+    agent = _stepped_agent(settings)
     agent.save(tmp_path / "agent.ckpt")
-    trusted = TRPO.load(tmp_path / "agent.ckpt", trust_env_state=True)
-    np.testing.assert_array_equal(trusted.worker.last_obs, agent.worker.last_obs)
-    np.testing.assert_array_equal(trusted.worker.running_returns, agent.worker.running_returns)
+    loaded = TRPO.load(tmp_path / "agent.ckpt")
+    np.testing.assert_array_equal(loaded.worker.last_obs, agent.worker.last_obs)
+    np.testing.assert_array_equal(loaded.worker.running_returns, agent.worker.running_returns)
     saved_episodes, saved_returns = agent.worker.episodes, list(agent.worker.episode_returns)
-    assert trusted.worker.episodes == saved_episodes > 0
+    assert loaded.worker.episodes == saved_episodes > 0
     params = agent.policy.numpy_params()
-    ours = agent.worker.collect(params, 32, np.random.default_rng(0))
-    theirs = trusted.worker.collect(params, 32, np.random.default_rng(0))
+    ours = agent.worker.collect(params, 200, np.random.default_rng(0))
+    theirs = loaded.worker.collect(params, 200, np.random.default_rng(0))
+    assert ours.terminated.any()  # across episode ends too
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
 
-    reseeded = TRPO.load(tmp_path / "agent.ckpt")  # the pickled envs are not trusted
+    write_checkpoint(tmp_path / "old.ckpt",
+                     *_without_env_states(read_checkpoint(tmp_path / "agent.ckpt")))
+    reseeded = TRPO.load(tmp_path / "old.ckpt")
     fresh = make_vector_env(agent.env_factory, agent.config.n_envs, "sync")
     first_obs, _ = fresh.reset(seed=agent.config.seed + agent.updates)
     fresh.close()
@@ -148,11 +171,15 @@ def test_pickled_env_state_is_unpickled_only_when_trusted(tmp_path, settings):
     assert agent.worker.episodes == 0  # the envs exist: the checkpoint holds their state
     agent.save(tmp_path / "good.ckpt")
     good = read_checkpoint(tmp_path / "good.ckpt")
-    # An env-state pickle (what save_env_state writes) is not unpickled unless trusted: not on
-    # load, nor when the loaded agent makes its envs.
-    arrays = {**good.arrays,
-              ENV_STATE_KEY: np.frombuffer(pickle.dumps(Marker(marker)), np.uint8)}
-    write_checkpoint(tmp_path / "env.ckpt", good.meta, arrays)
+    pickled = np.frombuffer(pickle.dumps(Marker(marker)), np.uint8)
+    # Beside the envs' state as arrays, a pickle is never unpickled, trusted or not.
+    write_checkpoint(tmp_path / "both.ckpt", good.meta, {**good.arrays, ENV_STATE_KEY: pickled})
+    TRPO.load(tmp_path / "both.ckpt", trust_env_state=True).worker  # noqa: B018
+    assert not marker.exists()
+    # Alone (what save_env_state writes for envs without array state), it is not unpickled
+    # unless trusted: not on load, nor when the loaded agent makes its envs.
+    meta, arrays = _without_env_states(good)
+    write_checkpoint(tmp_path / "env.ckpt", meta, {**arrays, ENV_STATE_KEY: pickled})
     loaded = TRPO.load(tmp_path / "env.ckpt")
     assert loaded.worker.envs.num_envs == settings["n_envs"]
     assert not marker.exists()
@@ -172,20 +199,20 @@ def test_env_state_pickled_before_the_modules_moved_still_loads(tmp_path, settin
     agent = TRPO("CartPole-v1", **settings)
     agent.worker  # noqa: B018 - the envs exist: the checkpoint holds their state
     agent.save(tmp_path / "good.ckpt")
-    good = read_checkpoint(tmp_path / "good.ckpt")
+    meta, good_arrays = _without_env_states(read_checkpoint(tmp_path / "good.ckpt"))
     with monkeypatch.context() as patch:  # pickle as 0.2 did, under the old module name
         patch.setitem(sys.modules, "agents.env_factories", factories)
         patch.setattr(factories.make_pixel_cartpole, "__module__", "agents.env_factories")
         blob = pickle.dumps([factories.make_pixel_cartpole])
     assert b"agents.env_factories" in blob
-    arrays = {**good.arrays, ENV_STATE_KEY: np.frombuffer(blob, np.uint8)}
-    write_checkpoint(tmp_path / "old.ckpt", good.meta, arrays)
+    arrays = {**good_arrays, ENV_STATE_KEY: np.frombuffer(blob, np.uint8)}
+    write_checkpoint(tmp_path / "old.ckpt", meta, arrays)
     loaded = TRPO.load(tmp_path / "old.ckpt", trust_env_state=True)
     assert loaded.worker.envs.envs == [factories.make_pixel_cartpole]  # what was pickled
 
     gone = blob.replace(b"make_pixel_cartpole", b"make_pixel_cartpolX")
-    arrays = {**good.arrays, ENV_STATE_KEY: np.frombuffer(gone, np.uint8)}
-    write_checkpoint(tmp_path / "gone.ckpt", good.meta, arrays)
+    arrays = {**good_arrays, ENV_STATE_KEY: np.frombuffer(gone, np.uint8)}
+    write_checkpoint(tmp_path / "gone.ckpt", meta, arrays)
     with pytest.raises(CheckpointError, match="cannot be loaded by this version.*re-seed"):
         TRPO.load(tmp_path / "gone.ckpt", trust_env_state=True)
     assert TRPO.load(tmp_path / "gone.ckpt").worker.envs.num_envs == settings["n_envs"]
@@ -205,3 +232,34 @@ def test_non_finite_weights_are_never_saved_or_loaded(tmp_path, settings):
     write_checkpoint(tmp_path / "inf.ckpt", good.meta, arrays)
     with pytest.raises(CheckpointError, match="value/000 holds NaN or infinite"):
         TRPO.load(tmp_path / "inf.ckpt")
+
+
+def test_a_malformed_env_state_is_refused_naming_the_file_before_anything_changes(tmp_path,
+                                                                                 settings):
+    agent = _stepped_agent(settings)
+    agent.save(tmp_path / "agent.ckpt")
+    good = read_checkpoint(tmp_path / "agent.ckpt")
+    arrays = {**good.arrays, f"{ENV_STATES_PREFIX}1/state": np.zeros(4, np.int64)}
+    write_checkpoint(tmp_path / "bad.ckpt", good.meta, arrays)
+    with pytest.raises(CheckpointError, match=r"bad\.ckpt.*env 1 is malformed.*'state'"):
+        TRPO.load(tmp_path / "bad.ckpt")
+    meta = {**good.meta, "env_states": good.meta["env_states"][:1]}  # one of its two envs
+    write_checkpoint(tmp_path / "short.ckpt", meta, good.arrays)
+    with pytest.raises(CheckpointError, match=r"short\.ckpt.*its 2 envs"):
+        TRPO.load(tmp_path / "short.ckpt")
+    # (TRPO.load builds nothing from a refused file: the restore checks every field first.)
+
+
+def test_an_env_state_of_another_version_re_seeds_the_envs_with_a_warning(tmp_path, settings,
+                                                                           caplog):
+    agent = _stepped_agent(settings)
+    agent.save(tmp_path / "agent.ckpt")
+    good = read_checkpoint(tmp_path / "agent.ckpt")
+    meta = {**good.meta, "env_states": [{**s, "format": 99} for s in good.meta["env_states"]]}
+    write_checkpoint(tmp_path / "later.ckpt", meta, good.arrays)
+    loaded = TRPO.load(tmp_path / "later.ckpt")
+    assert "format is 99" in caplog.text and "re-seeded" in caplog.text
+    fresh = make_vector_env(agent.env_factory, agent.config.n_envs, "sync")
+    np.testing.assert_array_equal(loaded.worker.last_obs,
+                                  fresh.reset(seed=agent.config.seed + agent.updates)[0])
+    fresh.close()

@@ -1,35 +1,19 @@
-"""``agents.runs.checkpoint``: the file format (checksummed, atomic writes that a ``kill -9``
-cannot tear) and files that must never run code. What an agent stores in one, and how it
-resumes from it, is ``test_agent_state.py``."""
+"""``agents.runs.checkpoint``: the file format (checksummed, atomic writes) and files that must
+never run code. What an agent stores in one, and how it resumes from it, is
+``test_agent_state.py``; a real ``kill -9`` of ``natgrad-trpo train`` and its resume, bit for
+bit, is ``test_env_state.py``."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import TINY_BATCH as BATCH
-from conftest import cli_settings
 
 from agents import TRPO
-from agents.runs.checkpoint import (
-    MAGIC,
-    CheckpointError,
-    latest_checkpoint,
-    read_checkpoint,
-)
-
-
-def _weights(agent):
-    return [v.numpy() for v in (*agent.policy.trainable_variables,
-                                *agent.value.trainable_variables)]
+from agents.runs.checkpoint import MAGIC, CheckpointError, CheckpointRefused, read_checkpoint
 
 
 class Marker:
@@ -87,38 +71,61 @@ def test_a_crafted_pickle_is_never_executed(tmp_path, tiny_config):
     assert not marker.exists()
 
 
-@pytest.mark.slow
-def test_sigkill_mid_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_config):
-    """A real ``kill -9`` of ``natgrad-trpo train`` once its second checkpoint exists (an
-    event, not a time); the budget is too large to finish first. ``--resume`` with trusted env
-    state then ends bit for bit where a straight run ends."""
-    settings = {**tiny_config, "checkpoint_every": 2, "save_env_state": True}
-    run_dir = tmp_path / "killed"
-    argv = [sys.executable, "-m", "agents", "train", "CartPole-v1", "--steps", "10_000_000",
-            "--out", str(run_dir), *cli_settings(settings)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while not (run_dir / "checkpoints" / "update_000004.ckpt").exists():
-            assert proc.poll() is None, "the run died before its second checkpoint"
-            assert time.monotonic() < deadline, "no second checkpoint within 240 s"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
-    killed_at = read_checkpoint(latest_checkpoint(run_dir)).meta["num_timesteps"]
-    assert killed_at >= 4 * BATCH
-    total = killed_at + 3 * BATCH
+def _npz_with_header_claim(shape: tuple, data: bytes) -> bytes:
+    """An ``.npz`` payload whose ``policy/000`` ``.npy`` header declares ``shape`` (float64)
+    but which holds only ``data``, beside a valid ``__meta__``."""
+    import json
+    import zipfile
 
-    resume = subprocess.run([sys.executable, "-m", "agents", "train", "--resume", str(run_dir),
-                             "--trust-env-state", "--steps", str(total)],
-                            capture_output=True, text=True, timeout=300)
-    assert resume.returncode == 0, resume.stderr[-2000:]
+    meta = json.dumps({"format_version": 2, "env_id": "CartPole-v1"}).encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        npy = io.BytesIO()
+        np.lib.format.write_array(npy, np.frombuffer(meta, np.uint8))
+        archive.writestr("__meta__.npy", npy.getvalue())
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        archive.writestr("policy/000.npy", header.getvalue() + data)
+    return buffer.getvalue()
 
-    straight = TRPO("CartPole-v1", total_steps=10_000_000, **settings).learn(total)
-    resumed = TRPO.load(latest_checkpoint(run_dir))
-    assert resumed.num_timesteps == straight.num_timesteps == total
-    for a, b in zip(_weights(straight), _weights(resumed), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+def test_a_member_whose_header_claims_terabytes_is_refused_before_allocation(tmp_path,
+                                                                            monkeypatch):
+    path = tmp_path / "claims.ckpt"
+    path.write_bytes(_reseal(_npz_with_header_claim((10**12,), bytes(8))))
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("an array was allocated from the crafted header")
+
+    monkeypatch.setattr(np.lib.format, "read_array", no_allocation)
+    with pytest.raises(CheckpointRefused, match=r"member 'policy/000' declares an array of "
+                       r"8,000,000,000,000 bytes \(float64\[1000000000000\]\) in 8 bytes"):
+        read_checkpoint(path)
+
+
+def test_members_and_files_larger_than_the_agent_could_need_are_refused(tmp_path):
+    from dataclasses import replace
+
+    from agents.config import resolve_config
+    from agents.runs.checkpoint import write_checkpoint
+    from agents.runs.checkpoint_limits import run_limits
+
+    config = resolve_config("CartPole-v1").to_dict()
+    limits = run_limits(config)
+    own = limits(None)
+    assert own.policy < 4 << 20 and own.total < 1 << 30  # CartPole's 64x64 MLP: a few MB
+    path = tmp_path / "fat.ckpt"
+    fat = np.zeros(own.policy // 8 + 1)  # one number more than any policy variable can hold
+    write_checkpoint(path, {"config": config, "env_id": "CartPole-v1"}, {"policy/000": fat})
+    assert read_checkpoint(path).arrays["policy/000"].shape == fat.shape  # no agent: fixed cap
+    with pytest.raises(CheckpointRefused, match=rf"member 'policy/000' declares "
+                       rf"{fat.nbytes:,} bytes, more than the {own.policy:,} an agent"):
+        read_checkpoint(path, limits=limits)
+    small = replace(own, total=path.stat().st_size - 1)
+    with pytest.raises(CheckpointRefused, match=rf"fat.ckpt is {path.stat().st_size:,} bytes, "
+                       "more than the"):
+        read_checkpoint(path, limits=lambda settings: small)
+    write_checkpoint(path, {"config": config, "env_id": "CartPole-v1"},
+                     {"policy/000": np.zeros(64)})
+    assert read_checkpoint(path, limits=limits).arrays["policy/000"].shape == (64,)

@@ -45,6 +45,24 @@ def assert_usage_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+@contextlib.contextmanager
+def _fails_instead_of_hanging(seconds: int):
+    """Turns a call blocked for ``seconds`` (a FIFO opened) into a test failure, not a hang
+    (nor the bare ``SIGALRM`` that would kill the whole test session)."""
+    import signal
+
+    def blocked(*_):
+        raise TimeoutError("blocked: a FIFO was opened")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A CartPole run of 2,048 steps (seed 3, 3 evaluation episodes) and its train output."""
@@ -160,6 +178,29 @@ def test_eval_video_encodes_a_real_mp4(trained_run):
     assert len(data) > 1000 and data[4:8] == b"ftyp"  # an ISO media (mp4) file
 
 
+def test_eval_video_refuses_a_fifo_planted_as_its_mp4_before_writing_anything(trained_run,
+                                                                             tmp_path,
+                                                                             monkeypatch):
+    import gymnasium.wrappers
+
+    import agents.runs.evaluation
+
+    def recording(*args, **kwargs):  # the encoder would block on the FIFO: fail instead
+        raise AssertionError("a video was recorded despite the FIFO at its path")
+
+    monkeypatch.setattr(agents.runs.evaluation, "has_video_encoder", lambda: True)
+    monkeypatch.setattr(gymnasium.wrappers, "RecordVideo", recording)
+    run_dir = _copy_run(trained_run[0], tmp_path / "run")
+    (run_dir / "videos").mkdir(exist_ok=True)
+    fifo = run_dir / "videos" / f"CartPole-v1-step{STEPS}-episode-0.mp4"
+    fifo.unlink(missing_ok=True)  # recorded by an earlier test
+    os.mkfifo(fifo)
+    before = _snapshot(run_dir)
+    assert_usage_error(run_main(["eval", run_dir, "--episodes", 1, "--video"]), str(fifo),
+                       "not a regular file (a FIFO)")
+    assert _snapshot(run_dir) == before
+
+
 def test_plot_several_runs(trained_run, tmp_path):
     run_dir, _ = trained_run
     png = tmp_path / "curves.png"
@@ -241,6 +282,48 @@ def test_a_checkpoint_from_another_run_is_refused_and_nothing_changes(small_runs
     assert_usage_error(run_main(["train", "--resume", run_dir, "--steps", 2048]),
                        "update_000009.ckpt", *fragments)
     assert _snapshot(run_dir) == before
+
+
+@pytest.mark.slow
+def test_an_edited_config_json_names_each_field_and_resumes_keeping_all_progress(small_runs,
+                                                                                tmp_path):
+    run_dir = _copy_run(small_runs["cartpole"], tmp_path / "my run")
+    rows = (run_dir / "progress.csv").read_text().splitlines()
+    data = json.loads((run_dir / "config.json").read_text())
+    trained_with = dict(data["config"])
+    data["config"].update(max_kl=0.05, critic_lr=0.5)
+    (run_dir / "config.json").write_text(json.dumps(data))
+    before = _snapshot(run_dir)
+    result = run_main(["train", "--resume", run_dir, "--steps", 768])
+    assert_usage_error(result, "update_000004.ckpt",
+                       "critic_lr 0.001 in the checkpoint, 0.5 in config.json",
+                       "max_kl 0.01 in the checkpoint, 0.05 in config.json",
+                       f"--resume {shlex.quote(str(run_dir))} --use-checkpoint-config",
+                       "keeping all progress")
+    assert "move it out" not in result[2].lower()  # nothing that restarts at step 0
+    assert _snapshot(run_dir) == before
+
+    status, out, err = run_main(["train", "--resume", run_dir, "--use-checkpoint-config",
+                                 "--steps", 768])
+    assert status == 0, err
+    assert "resuming" in out and "from 512 to 768" in out
+    rewritten = json.loads((run_dir / "config.json").read_text())
+    assert rewritten == {"run_id": data["run_id"], "config": trained_with}
+    after = (run_dir / "progress.csv").read_text().splitlines()
+    assert after[:len(rows)] == rows and len(after) == len(rows) + 2  # kept, then continued
+
+    # A config.json no agent can be built from says the same way out.
+    data["config"]["n_steps"] = 10**12
+    (run_dir / "config.json").write_text(json.dumps(data))
+    assert_usage_error(run_main(["train", "--resume", run_dir, "--steps", 1024]),
+                       "n_steps=1000000000000", "--use-checkpoint-config")
+
+
+def test_resume_only_options_need_resume(tmp_path):
+    for flag in ("--use-checkpoint-config", "--trust-env-state"):
+        assert_usage_error(run_main(["train", "--steps", 256, "--out", tmp_path / "x", flag]),
+                           flag, "--resume")
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
@@ -354,7 +437,7 @@ def test_os_errors_are_one_line_naming_the_path(small_runs, tmp_path, monkeypatc
     run_dir = _copy_run(small_runs["cartpole"], tmp_path / "run")
     real_write = checkpoint.atomic_write_bytes
 
-    def read_only(path, data):
+    def read_only(path, data, **_):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", read_only)
@@ -366,10 +449,10 @@ def test_os_errors_are_one_line_naming_the_path(small_runs, tmp_path, monkeypatc
     assert err.strip() == (f"natgrad-trpo eval: error: cannot write {run_dir / 'eval.json'}: "
                            "Read-only file system")
 
-    def disk_full(path, data):
+    def disk_full(path, data, **where):
         if str(path).endswith(".ckpt"):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write(path, data)
+        return real_write(path, data, **where)
 
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", disk_full)
     import agents.trpo
@@ -501,3 +584,65 @@ def test_plot_writes_exactly_the_path_it_reports(tmp_path):
     assert f"learning curves written to {tmp_path / 'curves_noext'}\n" in out
     assert (tmp_path / "curves_noext").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "curves_noext.png").exists()
+
+
+def _plant(run_dir: pathlib.Path, name: str, kind: str, outside: pathlib.Path) -> None:
+    path = run_dir / name
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link out":
+        path.symlink_to(outside, target_is_directory=outside.is_dir())
+
+
+@pytest.mark.parametrize(("command", "name", "kind", "fragment"), [
+    ("resume", "progress.csv", "fifo", "not a regular file (a FIFO)"),
+    ("resume", "progress.csv", "link out", "outside the run directory"),
+    ("resume", "tb", "link out", "outside the run directory"),
+    ("resume", "checkpoints", "link out", "outside the run directory"),
+    ("resume", "eval.json", "fifo", "not a regular file (a FIFO)"),
+    ("eval", "eval.json", "fifo", "not a regular file (a FIFO)"),
+    ("eval", "eval.json", "link out", "outside the run directory"),
+    ("eval", "learning_curve.png", "link out", "outside the run directory"),
+    ("plot", "learning_curve.png", "fifo", "not a regular file (a FIFO)"),
+    ("plot", "learning_curve.png", "link out", "outside the run directory"),
+])
+def test_a_run_file_planted_as_a_fifo_or_a_link_out_is_refused_writing_nothing(
+        tmp_path, command, name, kind, fragment):
+    run_dir = _bare_run(tmp_path / "run")
+    (run_dir / "progress.csv").write_text("env_steps,wall_time,mean_return\n128,1.0,9.0\n")
+    if name == "progress.csv":
+        (run_dir / name).unlink()
+    outside = tmp_path / ("outside" if name in ("tb", "checkpoints") else "outside.txt")
+    if outside.suffix:
+        outside.write_text("theirs")
+    else:
+        outside.mkdir()
+    _plant(run_dir, name, kind, outside)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    argv = {"resume": ["train", "--resume", run_dir, "--steps", 4096],
+            "eval": ["eval", run_dir], "plot": ["plot", run_dir]}[command]
+    with _fails_instead_of_hanging(20):  # a FIFO opened would block
+        assert_usage_error(run_main(argv), str(run_dir / name), fragment)
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert [p for p in after if not p.endswith(".lock")] == before
+    if outside.suffix:
+        assert outside.read_text() == "theirs"
+    else:
+        assert list(outside.iterdir()) == []
+
+
+def test_a_checkpoint_member_larger_than_the_agent_could_need_is_refused_unread(tmp_path):
+    from agents.runs.checkpoint import write_checkpoint
+    from agents.runs.checkpoint_limits import run_limits
+    from agents.runs.run_dir import read_run_config
+
+    run_dir = _bare_run(tmp_path / "run")
+    run_id, config = read_run_config(run_dir)
+    bound = run_limits(config)(None).value
+    write_checkpoint(run_dir / "checkpoints" / "update_000001.ckpt",
+                     {"run_id": run_id, "env_id": "CartPole-v1", "config": config},
+                     {"value/000": __import__("numpy").zeros(bound // 8 + 1)})
+    for argv in (["eval", run_dir], ["train", "--resume", run_dir, "--steps", 4096]):
+        assert_usage_error(run_main(argv), "update_000001.ckpt", "member 'value/000' declares",
+                           f"more than the {bound:,} an agent of this run's settings can need")
+    assert not (run_dir / "eval.json").exists() and not (run_dir / "tb").exists()

@@ -69,11 +69,13 @@ def test_mirrored_step_and_fit_epoch_equal_the_single_device_ones(single_device)
 
 def test_two_workers_match_one_process_and_trpo_workers_stay_identical(single_device, tmp_path):
     """Two localhost workers (``TF_CONFIG``, two processes): the toy step equals one process on
-    the whole batch; a 3-update TRPO run keeps both workers bit-identical, and its checkpoint
-    resumes (``TRPO.resume`` on every worker) for two more updates, still identical."""
+    the whole batch; so does the value fit, on both workers' batches together; a 3-update TRPO
+    run with both normalizers on keeps the workers' weights and statistics bit-identical, the
+    statistics those of every sample either worker saw; its checkpoint resumes
+    (``TRPO.resume`` on every worker) for two more updates, still identical."""
     run_dir = tmp_path / "run"
     results = run_cluster([sys.executable, str(SCRIPTS / "multi_worker.py"), str(run_dir)], 2,
-                          timeout=240)
+                          timeout=300)
     for code, _, err in results:
         assert code == 0, err[-3000:]
     outputs = [(out, err) for _, out, err in results]
@@ -84,8 +86,25 @@ def test_two_workers_match_one_process_and_trpo_workers_stay_identical(single_de
         np.testing.assert_array_equal(a, b)
         assert _relative_error(a, reference) <= 1e-5
     assert first["toy_losses"] == pytest.approx(losses, rel=1e-12)
-    for a, b in zip(first["trpo_weights"], second["trpo_weights"], strict=True):
+    # The value fit: one process's Adam loop on the union batch.
+    start, reference = _value_fit_on_the_union_batch(workers=2)
+    for a, b, r, s in zip(first["value_fit_weights"], second["value_fit_weights"], reference,
+                          start, strict=True):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(a, s)  # the fit moved every weight
+    for key in ("trpo_weights", "resumed_weights"):
+        for a, b in zip(first[key], second[key], strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert first["statistics"] == second["statistics"]
+    assert first["resumed_statistics"] == second["resumed_statistics"]
+    for key in ("obs", "returns"):  # every sample of both workers (resets + 3 batches each)
+        count, mean, var = _running_statistics(first["samples"][key] + second["samples"][key])
+        stats = first["statistics"][key]
+        assert stats["count"] == pytest.approx(count, rel=1e-12)
+        np.testing.assert_allclose(stats["mean"], mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(stats["var"], var, rtol=1e-9)
+    assert len(first["samples"]["obs"]) == len(second["samples"]["obs"]) == 2 + 3 * 64
     assert first["num_timesteps"] == second["num_timesteps"] == 3 * 2 * 64
     assert first["kl"] == second["kl"] and all(k > 0 for k in first["kl"])
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
@@ -93,9 +112,43 @@ def test_two_workers_match_one_process_and_trpo_workers_stay_identical(single_de
     # TRPO.resume of the chief's checkpoint: both workers continue, still identical.
     assert first["resumed_from"] == second["resumed_from"] == 3 * 2 * 64
     assert first["resumed_timesteps"] == 5 * 2 * 64
-    for a, b in zip(first["resumed_weights"], second["resumed_weights"], strict=True):
-        np.testing.assert_array_equal(a, b)
     assert len((run_dir / "progress.csv").read_text().splitlines()) == 1 + 5
+
+
+def _value_fit_on_the_union_batch(workers: int) -> tuple[list, list]:
+    """``(initial, fitted)`` value weights of one process (a plain Keras Adam loop) on the
+    ``workers`` batches of ``toy.value_fit_batch`` together, its minibatch ``b`` every
+    worker's minibatch ``b``; from the weights a CartPole agent with ``toy.TRPO_SETTINGS``
+    starts with."""
+    from agents import TRPO
+
+    agent = TRPO("CartPole-v1", **toy.TRPO_SETTINGS)
+    cfg, value = agent.config, agent.value
+    n, size = cfg.batch_size, cfg.critic_batch_size
+    batches = [toy.value_fit_batch(w, n, cfg.critic_epochs, dim=4) for w in range(workers)]
+    obs = np.concatenate([b[0] for b in batches])
+    returns = np.concatenate([b[1] for b in batches])
+    start = [v.numpy() for v in value.trainable_variables]
+    adam = keras.optimizers.Adam(learning_rate=cfg.critic_lr, epsilon=cfg.critic_epsilon)
+    for epoch in range(cfg.critic_epochs):
+        for first in range(0, n, size):
+            idx = np.concatenate([w * n + order[epoch, first:first + size]
+                                  for w, (_, _, order) in enumerate(batches)])
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(value(obs[idx]) - returns[idx]))
+            grads = tape.gradient(loss, value.trainable_variables)
+            adam.apply_gradients(zip(grads, value.trainable_variables, strict=True))
+    return start, [v.numpy() for v in value.trainable_variables]
+
+
+def _running_statistics(samples, prior_count: float = 1e-4) -> tuple:
+    """``(count, mean, var)`` of ``samples`` ``[n, d]`` with ``RunningMeanStd``'s prior (a
+    weight of ``prior_count`` at mean 0, variance 1), by NumPy over all of them at once."""
+    x = np.asarray(samples, np.float64)
+    count = len(x) + prior_count
+    mean = x.sum(axis=0) / count
+    m2 = np.square(x - mean).sum(axis=0) + prior_count * (1.0 + np.square(mean))
+    return count, mean, m2 / count
 
 
 def test_unsupported_strategies_are_refused_before_any_work():

@@ -116,3 +116,42 @@ def test_plot_learning_curves_writes_png(three_runs, tmp_path):
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     empty = write_run(tmp_path / "empty", "CartPole-v1", [])
     assert plot_learning_curves([empty], tmp_path / "empty.png").is_file()
+
+
+def test_the_png_is_never_written_into_a_fifo_or_through_a_link_out_of_the_run(three_runs,
+                                                                               tmp_path):
+    import os
+    import signal
+
+    from agents.runs.files import UnsafeFileError
+
+    run = three_runs[0]
+    os.mkfifo(run / "learning_curve.png")
+    def blocked(*_):
+        raise TimeoutError("blocked: a FIFO was opened for writing")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(10)  # a FIFO opened for writing would block: fail instead of hanging
+    try:
+        with pytest.raises(UnsafeFileError, match=r"learning_curve\.png is not a regular file "
+                           r"\(a FIFO\); refused"):
+            plot_learning_curves([run], run / "learning_curve.png", inside=run)
+        with pytest.raises(UnsafeFileError, match=r"fifo\.png is not a regular file"):
+            os.mkfifo(tmp_path / "fifo.png")
+            plot_learning_curves([run], tmp_path / "fifo.png")  # --out: no run to stay in
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    os.unlink(run / "learning_curve.png")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("theirs")
+    (run / "learning_curve.png").symlink_to(outside)
+    with pytest.raises(UnsafeFileError, match="outside the run directory"):
+        plot_learning_curves([run], run / "learning_curve.png", inside=run)
+    assert outside.read_text() == "theirs"
+    link = tmp_path / "link.png"  # outside any run: the link is replaced, not written through
+    link.symlink_to(outside)
+    assert plot_learning_curves([run], link) == link
+    assert outside.read_text() == "theirs" and not link.is_symlink()
+    assert link.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

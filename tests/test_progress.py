@@ -3,11 +3,17 @@ time."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import itertools
 import logging
+import os
+import signal
+import socket
 
 import pytest
 
+from agents.runs.files import UnsafeFileError
 from agents.runs.progress import PROGRESS_KEYS, ProgressLogger
 
 
@@ -40,7 +46,7 @@ def test_missing_tensorboard_is_one_warning_and_the_csv_goes_on(tmp_path, monkey
 
     # Importing a module whose sys.modules entry is None raises ImportError, as when
     # TensorBoard is not installed.
-    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.event_file_writer", None)
+    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.record_writer", None)
     logger = ProgressLogger(tmp_path)
     with caplog.at_level(logging.WARNING, logger="agents"):
         for step in (1, 2, 3):
@@ -73,3 +79,57 @@ def test_tensorboard_scalars_read_back_as_tf_summary_scalars(tmp_path):
                 assert (row["env_steps"], key) not in seen  # NaN is left out
             else:
                 assert seen[(row["env_steps"], key)] == pytest.approx(row[key], rel=1e-6)
+
+
+@contextlib.contextmanager
+def _fails_instead_of_hanging(seconds: int = 10):
+    """Turns a call blocked (on a FIFO) for ``seconds`` into a test failure."""
+    def blocked(*_):
+        raise TimeoutError("blocked: a FIFO was opened")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_progress_csv_is_appended_to_only_if_it_is_a_regular_file_of_the_run(tmp_path):
+    os.mkfifo(tmp_path / "progress.csv")
+    with _fails_instead_of_hanging(), pytest.raises(
+            UnsafeFileError, match=r"progress\.csv is not a regular file \(a FIFO\); refused"):
+        ProgressLogger(tmp_path).log(_row(100))
+    os.unlink(tmp_path / "progress.csv")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.csv"
+    outside.write_text("theirs\n")
+    (tmp_path / "progress.csv").symlink_to(outside)
+    with pytest.raises(UnsafeFileError, match="outside the run directory"):
+        ProgressLogger(tmp_path).log(_row(100))
+    assert outside.read_text() == "theirs\n"
+    assert not (tmp_path / "tb").exists()  # refused before TensorBoard was started
+
+
+def test_tensorboard_files_are_created_new_in_a_tb_folder_of_the_run(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from agents.runs import progress
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "tb").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UnsafeFileError, match=r"TensorBoard folder .*tb is a symbolic link"):
+        ProgressLogger(run_dir).log(_row(100))
+    assert list(elsewhere.iterdir()) == []
+    (run_dir / "tb").unlink()
+    (run_dir / "tb").mkdir()
+    # A FIFO planted under the exact name the next event file gets: refused, never opened.
+    monkeypatch.setattr(progress, "_EVENT_FILES", itertools.count(7))
+    monkeypatch.setattr(progress.time, "time", lambda: 1234567890.5)
+    name = f"events.out.tfevents.1234567890.{socket.gethostname()}.{os.getpid()}.7.natgrad"
+    os.mkfifo(run_dir / "tb" / name)
+    with _fails_instead_of_hanging(), pytest.raises(UnsafeFileError,
+                                                    match=f"{name} exists already"):
+        ProgressLogger(run_dir).log(_row(100))

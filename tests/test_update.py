@@ -98,7 +98,8 @@ def test_trpo_spells_out_every_natural_gradient_setting(tiny_config):
     from agents.config import TRPOConfig
     from agents.update import natural_gradient_settings
 
-    refinements = {"damping_decay", "min_damping", "max_damping", "preconditioner_decay"}
+    refinements = {"damping_decay", "min_damping", "max_damping", "preconditioner_decay",
+                   "kfac_inverse_period"}
     arguments = set(inspect.signature(natgrad.NaturalGradient.__init__).parameters)
     arguments -= {"self", "name", "kwargs"} | refinements
     settings = natural_gradient_settings(TRPOConfig(env_id="CartPole-v1", **tiny_config))

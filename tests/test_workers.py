@@ -1,4 +1,4 @@
-"""``agents.workers``: a worker's place in a ``TF_CONFIG`` cluster, the settings several workers
+"""``agents.workers``: a worker's place in a ``TF_CONFIG`` cluster, the setting several workers
 refuse, and the cluster descriptions ``natgrad-trpo train --workers N`` starts its processes
 with. (Training on two worker processes is ``test_distribute.py``'s.)"""
 
@@ -20,15 +20,15 @@ from agents.workers import (
 )
 
 
-@pytest.mark.parametrize("setting", [{"normalize_obs": True}, {"normalize_reward": True},
-                                     {"on_non_finite": "skip"}])
-def test_settings_several_workers_do_not_support_are_refused(setting):
-    cfg = resolve_config("CartPole-v1", **setting)
-    check_worker_settings(cfg, 1)  # one worker: fine
-    with pytest.raises(ValueError, match="with several workers, normalize_obs and "
-                                         "normalize_reward must be false"):
+def test_several_workers_refuse_skipping_a_batch_but_take_the_normalizers():
+    skip = resolve_config("CartPole-v1", on_non_finite="skip")
+    check_worker_settings(skip, 1)  # one worker: fine
+    with pytest.raises(ValueError, match="with several workers, on_non_finite must be 'stop'"):
+        check_worker_settings(skip, 2)
+    for preset in ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5"):  # both normalizers on
+        cfg = resolve_config(preset)
+        assert cfg.normalize_obs and cfg.normalize_reward
         check_worker_settings(cfg, 2)
-    check_worker_settings(resolve_config("CartPole-v1"), 2)
 
 
 def test_cluster_configs_name_every_worker_on_free_loopback_ports():

@@ -3,7 +3,8 @@
 Subcommands::
 
     natgrad-trpo train [ENV_ID] [--steps N] [--seed S] [--n-envs K] [--preset NAME]
-                       [--out DIR] [--resume RUN_DIR] [--set key=value ...]
+                       [--out DIR] [--resume RUN_DIR [--use-checkpoint-config]]
+                       [--set key=value ...]
     natgrad-trpo eval RUN_DIR [--episodes N] [--seed S] [--video]
     natgrad-trpo plot RUN_DIR... [--out PNG]
 
@@ -45,6 +46,8 @@ from agents.cli.setup import (
     prepare_new_run,
     prepare_resume,
 )
+from agents.config import MAX_EVAL_EPISODES
+from agents.runs.files import UnsafeFileError
 from agents.runs.layout import CURVE_FILE
 from agents.runs.run_dir import RunDirError
 
@@ -59,8 +62,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _int_at_least(minimum: int, what: str):
-    """An ``argparse`` type: an integer >= ``minimum`` (``1e5`` and ``100_000`` accepted)."""
+def _int_at_least(minimum: int, what: str, maximum: int | None = None):
+    """An ``argparse`` type: an integer >= ``minimum`` (``1e5`` and ``100_000`` accepted), and
+    at most ``maximum`` if given."""
 
     def parse(text: str) -> int:
         try:
@@ -69,6 +73,8 @@ def _int_at_least(minimum: int, what: str):
             value = None
         if value is None or value < minimum:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} is more than the limit of {maximum:,}")
         return value
 
     return parse
@@ -76,10 +82,15 @@ def _int_at_least(minimum: int, what: str):
 
 positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "an integer >= 0")
+episode_count = _int_at_least(1, "a positive integer", MAX_EVAL_EPISODES)
 
 
 def cmd_train(args) -> int:
     """``train``: validate, learn with a progress bar, evaluate, plot, summarize."""
+    for flag, given in (("--use-checkpoint-config", args.use_checkpoint_config),
+                        ("--trust-env-state", args.trust_env_state)):
+        if given and args.resume is None:
+            raise UsageError(f"{flag} applies to a resumed run: add --resume RUN_DIR")
     if args.workers > 1:
         return launch_workers(args, args.argv)
     with contextlib.ExitStack() as stack:
@@ -139,7 +150,7 @@ def _train(agent, run_dir: Path, budget: int, *, resumed: bool) -> int:
     print(f"eval: mean return {record['mean_return']:.2f} ± {record['std_return']:.2f} over "
           f"{record['episodes']} deterministic episodes")
     eval_path = write_evaluation(run_dir, record)
-    curve_png = plot_learning_curves([run_dir], run_dir / CURVE_FILE,
+    curve_png = plot_learning_curves([run_dir], run_dir / CURVE_FILE, inside=run_dir,
                                      title=f"TRPO {config.env_id} (seed {config.seed})")
     print(f"  run dir         {run_dir}")
     print(f"  eval            {eval_path or 'not written (a newer eval.json is kept)'}")
@@ -155,6 +166,7 @@ def cmd_eval(args) -> int:
     The result is printed before ``eval.json`` is written, so a read-only run still shows it.
     """
     from agents.runs.evaluation import (
+        check_video_paths,
         evaluation_record,
         has_video_encoder,
         record_videos,
@@ -165,6 +177,8 @@ def cmd_eval(args) -> int:
     if args.video and not has_video_encoder():
         raise UsageError('--video needs the moviepy encoder: pip install "natgrad[video]"')
     agent = load_run(run_dir)
+    if args.video:  # a FIFO planted as a video: refused before anything is written
+        check_video_paths(agent, run_dir, args.video_episodes)
     episodes = args.episodes or agent.config.eval_episodes
     record = evaluation_record(agent, run_dir, episodes, args.seed)
     cut = f" ({record['cut_episodes']} cut at the step cap)" if record["cut_episodes"] else ""
@@ -184,7 +198,6 @@ def cmd_eval(args) -> int:
 
 def cmd_plot(args) -> int:
     """``plot``: learning curves of one or several runs (seeds of an env averaged)."""
-    from agents.runs.files import UnsafeFileError
     from agents.runs.layout import PROGRESS_FILE
     from agents.runs.plotting import group_runs_by_env, plot_learning_curves
 
@@ -192,16 +205,17 @@ def cmd_plot(args) -> int:
     missing = [str(d) for d in run_dirs if not (d / PROGRESS_FILE).is_file()]
     if missing:
         raise UsageError(f"no {PROGRESS_FILE} in: {', '.join(missing)}")
+    inside = None
     if args.out is not None:
         out = Path(args.out)
     elif len(run_dirs) == 1:
-        out = run_dirs[0] / CURVE_FILE
+        out, inside = run_dirs[0] / CURVE_FILE, run_dirs[0]
     else:
         out = Path("learning_curves.png")
     try:
-        out = plot_learning_curves(run_dirs, out)
-    except UnsafeFileError as exc:
-        raise UsageError(str(exc)) from None
+        out = plot_learning_curves(run_dirs, out, inside=inside)
+    except (UnsafeFileError, ValueError) as exc:
+        raise UsageError(one_line(exc)) from None
     for env_id, dirs in group_runs_by_env(run_dirs).items():
         print(f"{env_id}: {len(dirs)} run{'s' if len(dirs) > 1 else ''}")
     print(f"learning curves written to {out}")
@@ -233,9 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run directory (default: runs/<ENV_ID>-seed<S>, made unique)")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue RUN_DIR from its newest usable checkpoint")
+    train.add_argument("--use-checkpoint-config", action="store_true",
+                       help="with --resume: if config.json was edited since the newest "
+                            "checkpoint, continue with the checkpoint's own settings (keeping "
+                            "all progress) and rewrite config.json to them")
     train.add_argument("--trust-env-state", action="store_true",
-                       help="with --resume: restore env state pickled by save_env_state=true "
-                            "(this runs code from the checkpoint: only for runs you made)")
+                       help="with --resume: restore env state pickled by save_env_state=true, "
+                            "for envs whose state is not saved as arrays (this runs code from "
+                            "the checkpoint: only for runs you made)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override one TRPOConfig field, e.g. --set max_kl=0.02 "
                             "(repeatable; tuples as 64,64)")
@@ -249,14 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load RUN_DIR's last checkpoint, run deterministic episodes on fresh envs, "
                     "print and write RUN_DIR/eval.json.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
-    evaluate.add_argument("--episodes", type=positive_int, metavar="N",
+    evaluate.add_argument("--episodes", type=episode_count, metavar="N",
                           help="evaluation episodes (default: the run's eval_episodes)")
     evaluate.add_argument("--seed", type=non_negative_int, metavar="S",
                           help="seed of the evaluation envs (default: run seed + 10000)")
     evaluate.add_argument("--video", action="store_true",
                           help="also record mp4 videos into RUN_DIR/videos (needs the video "
                                "extra: pip install \"natgrad[video]\")")
-    evaluate.add_argument("--video-episodes", type=positive_int, default=1, metavar="N",
+    evaluate.add_argument("--video-episodes", type=episode_count, default=1, metavar="N",
                           help="episodes recorded with --video (default: 1)")
     evaluate.set_defaults(handler=cmd_eval)
 
@@ -286,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.handler(args)
         except UsageError as exc:
             print(f"{prefix}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except UnsafeFileError as exc:  # a run's file refused (a FIFO, a link out of the run)
+            print(f"{prefix}: error: {one_line(exc)}", file=sys.stderr)
             return EXIT_USAGE
         except (RunFailed, OSError) as exc:
             print(f"{prefix}: error: {_os_error_line(exc)}", file=sys.stderr)

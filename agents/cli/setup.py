@@ -17,7 +17,13 @@ from pathlib import Path
 from agents.cli.overrides import parse_overrides
 from agents.runs.checkpoint import CheckpointRefused, check_checkpoint_files
 from agents.runs.layout import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE
-from agents.runs.run_dir import RunDirError, RunLock, read_run_config, select_checkpoint
+from agents.runs.run_dir import (
+    RunDirError,
+    RunLock,
+    check_run_files,
+    read_run_config,
+    select_checkpoint,
+)
 
 DEFAULT_ENV_ID = "CartPole-v1"
 RUNS_DIR = Path("runs")
@@ -78,6 +84,7 @@ def load_run(run_dir: Path):
     """
     run_id, config = read_run(run_dir)
     try:
+        check_run_files(run_dir)  # eval.json a FIFO, ...: refused before the evaluation
         checkpoint, notes = select_checkpoint(run_dir, run_id, config)
     except RunDirError as exc:
         raise UsageError(str(exc)) from None
@@ -121,25 +128,23 @@ def prepare_resume(args):
             f"{', '.join(fixed)} cannot be combined with --resume: the run keeps its own "
             "configuration and directory"
         )
-    budget = args.steps if args.steps is not None else int(config.get("total_steps", 0))
     try:  # a FIFO, a link out of the run, an oversized file: refused before TensorFlow
+        check_run_files(run_dir)
         check_checkpoint_files(run_dir)
-    except CheckpointRefused as exc:
+    except (CheckpointRefused, RunDirError) as exc:
         raise UsageError(str(exc)) from None
-    from agents.config import config_from_dict
-
-    try:  # an edited config.json (a size no machine holds, ...): refused before TensorFlow
-        config_from_dict(config).validate()
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"{run_dir / CONFIG_FILE}: {one_line(exc)}") from None
+    if not args.use_checkpoint_config:  # else the checkpoint's settings are used and checked
+        _check_edited_config(run_dir, config)
     import_tensorflow_quietly()
     from agents import TRPO
 
     try:
         agent = TRPO.resume(run_dir, trust_env_state=args.trust_env_state,
+                            use_checkpoint_config=args.use_checkpoint_config,
                             strategy=_cluster_strategy(_saved_tf_threads(config)))
     except ValueError as exc:
         raise UsageError(f"{run_dir}: cannot resume ({one_line(exc)})") from None
+    budget = args.steps if args.steps is not None else agent.config.total_steps
     if budget <= agent.num_timesteps:
         raise UsageError(
             f"{run_dir} has already done {agent.num_timesteps:,} steps >= the budget of "
@@ -147,6 +152,20 @@ def prepare_resume(args):
             "steps already done)"
         )
     return agent, run_dir, budget
+
+
+def _check_edited_config(run_dir: Path, config: dict) -> None:
+    """Refuses, before TensorFlow, a ``config.json`` no agent can be built from (a size no
+    machine holds, ...), saying how to resume with the checkpoints' settings instead."""
+    from agents.config import config_from_dict
+    from agents.runs.layout import list_checkpoints
+
+    try:
+        config_from_dict(config).validate()
+    except (ValueError, TypeError) as exc:
+        hint = ("; if it was edited since the run's checkpoints, resume with their settings "
+                "instead: --use-checkpoint-config") if list_checkpoints(run_dir) else ""
+        raise UsageError(f"{run_dir / CONFIG_FILE}: {one_line(exc)}{hint}") from None
 
 
 def _new_run_config(args):

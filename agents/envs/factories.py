@@ -28,7 +28,7 @@ import importlib
 import gymnasium as gym
 import numpy as np
 
-from agents.envs.vector_env import RolloutVectorEnv
+from agents.envs.vector_env import RolloutAsyncVectorEnv, RolloutVectorEnv
 
 PIXEL_CARTPOLE_ID = "natgrad/PixelCartPole-v1"
 EXTRAS = {"ALE/": ("ale_py", "atari"), "MiniGrid-": ("minigrid", "minigrid")}
@@ -141,9 +141,10 @@ def resolve_env(env) -> tuple[str, callable]:
 
 def make_vector_env(factory, n_envs: int, vectorization: str) -> gym.vector.VectorEnv:
     """``n_envs`` copies, auto-reset in the same step (final obs in ``infos["final_obs"]``):
-    :class:`agents.envs.vector_env.RolloutVectorEnv` (a ``SyncVectorEnv``) or an
-    ``AsyncVectorEnv``."""
+    :class:`agents.envs.vector_env.RolloutVectorEnv` (a ``SyncVectorEnv``) or
+    :class:`agents.envs.vector_env.RolloutAsyncVectorEnv` (an ``AsyncVectorEnv``); both
+    raise :class:`agents.envs.vector_env.ObservationShapeError` for a wrong-shape
+    observation."""
     if vectorization == "sync":
         return RolloutVectorEnv([factory] * n_envs)
-    return gym.vector.AsyncVectorEnv([factory] * n_envs,
-                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    return RolloutAsyncVectorEnv([factory] * n_envs)

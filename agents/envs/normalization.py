@@ -7,9 +7,21 @@ means ``μ_a, μ_b`` and variances ``σ²_a, σ²_b``, with ``δ = μ_b − μ_a
     μ = μ_a + δ n_b / n,    σ² = (n_a σ²_a + n_b σ²_b + δ² n_a n_b / n) / n.
 
 ``normalize(x) = clip((x − μ) / sqrt(σ² + ε), −clip, clip)``.
+
+With several workers (:mod:`agents.worker_sync`) each worker updates its statistics with the
+samples it sees, and at every update the workers merge them: each worker's samples since the
+last merge, as :class:`Moments` (count ``n``, mean ``μ``, ``M2 = n σ²``), are merged in worker
+order into the statistics of the last merge, the same formula in ``M2`` form,
+
+    M2 = M2_a + M2_b + δ² n_a n_b / n,
+
+so every worker ends with the same statistics, those of one process that saw every worker's
+samples (up to rounding).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,8 +31,37 @@ def clip(x: np.ndarray, bound: float) -> np.ndarray:
     return np.minimum(np.maximum(x, -bound), bound)
 
 
+class Moments(NamedTuple):
+    """A set of samples summarized: ``count``, ``mean`` and ``m2``, the sum of squared
+    deviations from the mean (``count × variance``), both float64 of the sample shape."""
+
+    count: float
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls, shape: tuple) -> Moments:
+        """No samples."""
+        return cls(0.0, np.zeros(shape, np.float64), np.zeros(shape, np.float64))
+
+    def combine(self, other: Moments) -> Moments:
+        """The moments of both sets of samples together (Chan et al., 1979)."""
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        return Moments(total, self.mean + delta * other.count / total,
+                       self.m2 + other.m2 + np.square(delta) * self.count * other.count / total)
+
+
 class RunningMeanStd:
-    """Mean and variance of a stream of ``[batch, *shape]`` arrays, in float64."""
+    """Mean and variance of a stream of ``[batch, *shape]`` arrays, in float64.
+
+    After :meth:`track_unmerged` (several workers), it also keeps :attr:`unmerged`, the
+    moments of the samples seen since the last :meth:`merge`.
+    """
 
     def __init__(self, shape: tuple, *, clip: float = 10.0, epsilon: float = 1e-8):
         self.mean = np.zeros(shape, np.float64)
@@ -28,6 +69,8 @@ class RunningMeanStd:
         self.count = 1e-4  # as SB3's VecNormalize: a tiny prior so the first update is defined
         self.clip = float(clip)
         self.epsilon = float(epsilon)
+        self.unmerged: Moments | None = None  # kept only after track_unmerged()
+        self._merged: Moments | None = None  # the statistics at the last merge
 
     def update(self, batch: np.ndarray) -> None:
         """Merges a batch ``[B, *shape]`` into the statistics."""
@@ -44,6 +87,30 @@ class RunningMeanStd:
         m2 = self.var * self.count + batch_var * batch_count
         self.var = (m2 + np.square(delta) * self.count * batch_count / total) / total
         self.count = total
+        if self.unmerged is not None:
+            self.unmerged = self.unmerged.combine(
+                Moments(float(batch_count), batch_mean, batch_var * batch_count))
+
+    def moments(self) -> Moments:
+        """The statistics as :class:`Moments`."""
+        return Moments(self.count, self.mean, self.var * self.count)
+
+    def track_unmerged(self) -> None:
+        """From now on, keeps the moments of the samples seen since the last :meth:`merge` (or
+        :meth:`load_state`) in :attr:`unmerged`."""
+        self._merged = self.moments()
+        self.unmerged = Moments.empty(self.mean.shape)
+
+    def merge(self, parts: list[Moments]) -> None:
+        """Sets the statistics to those at the last merge combined with ``parts`` in order
+        (every worker's :attr:`unmerged`, this one's included), and empties :attr:`unmerged`.
+        Workers that merge the same parts end with identical statistics."""
+        merged = self._merged
+        for part in parts:
+            merged = merged.combine(part)
+        self.count, self.mean = float(merged.count), merged.mean
+        self.var = merged.m2 / merged.count
+        self._merged, self.unmerged = merged, Moments.empty(self.mean.shape)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """``clip((x − μ) / sqrt(σ² + ε))`` as float32, same shape as ``x``."""
@@ -60,6 +127,8 @@ class RunningMeanStd:
         self.count = float(state["count"])
         self.clip = float(state["clip"])
         self.epsilon = float(state["epsilon"])
+        if self.unmerged is not None:  # samples seen since the last merge are dropped too
+            self.track_unmerged()
 
 
 class RewardScaler:

@@ -12,6 +12,12 @@ An env whose observation does not have its observation space's shape fails in ``
 ``step`` with :class:`ObservationShapeError`, naming the env, the space and the shape received
 (instead of NumPy's or Gymnasium's bare "wrong shape"); the check runs only once that error
 has happened, so stepping costs nothing more.
+
+:class:`RolloutAsyncVectorEnv` (``vectorization="async"``) is Gymnasium's ``AsyncVectorEnv``
+with the same check: each worker process compares its env's observation's shape with the
+space's before writing it to shared memory (where a wrong shape would fail with Gymnasium's
+bare error and a worker traceback, or be silently reshaped), and the main process raises
+:class:`ObservationShapeError` naming the env, the space and the shape.
 """
 
 from __future__ import annotations
@@ -101,6 +107,80 @@ class RolloutVectorEnv(gym.vector.SyncVectorEnv):
                     f"{_shapes(obs, like=space)}, but its observation space is {space} "
                     f"(shape {expected}); fix the env's observation_space or its observations")
         return exc
+
+
+_SHAPE_ERROR_KEY = "natgrad_observation_shape_error"
+
+
+class ObservationShapeCheck(gym.Wrapper):
+    """Replaces an observation of the wrong shape by a valid one (the space's ``sample`` of
+    zeros shape) and reports it in the info under :data:`_SHAPE_ERROR_KEY`, for
+    :class:`RolloutAsyncVectorEnv` to raise in the main process."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self._expected = _shapes(env.observation_space)
+
+    def _checked(self, obs, info):
+        space = self.observation_space
+        if _shapes(obs, like=space) == self._expected:
+            return obs, info
+        name = self.env.spec.id if self.env.spec is not None else type(self.unwrapped).__name__
+        message = (f"env {name!r} returned an observation of shape "
+                   f"{_shapes(obs, like=space)}, but its observation space is {space} "
+                   f"(shape {self._expected}); fix the env's observation_space or its "
+                   "observations")
+        return space.sample(), {**info, _SHAPE_ERROR_KEY: message}
+
+    def reset(self, **kwargs):
+        return self._checked(*self.env.reset(**kwargs))
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        obs, info = self._checked(obs, info)
+        return obs, reward, terminated, truncated, info
+
+
+class _CheckedFactory:
+    """``factory`` whose env is wrapped in :class:`ObservationShapeCheck` (picklable, for the
+    worker processes)."""
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def __call__(self) -> gym.Env:
+        return ObservationShapeCheck(self.factory())
+
+
+class RolloutAsyncVectorEnv(gym.vector.AsyncVectorEnv):
+    """``AsyncVectorEnv(env_fns, autoreset_mode=SAME_STEP)`` whose envs' observations are
+    checked for shape in their worker processes (see the module docstring).
+
+    Raises:
+      ObservationShapeError: from ``reset``/``step``, naming the env, space and shape.
+    """
+
+    def __init__(self, env_fns):
+        super().__init__([_CheckedFactory(fn) for fn in env_fns], autoreset_mode=SAME_STEP)
+
+    def reset_wait(self, *args, **kwargs):
+        obs, infos = super().reset_wait(*args, **kwargs)
+        _raise_shape_error(infos)
+        return obs, infos
+
+    def step_wait(self, *args, **kwargs):
+        result = super().step_wait(*args, **kwargs)
+        _raise_shape_error(result[-1])
+        return result
+
+
+def _raise_shape_error(infos: dict) -> None:
+    """Raises the first :class:`ObservationShapeCheck` report in a vector env's ``infos``
+    (a reset's, a step's, or an ended episode's ``final_info``)."""
+    for where in (infos, infos.get("final_info") or {}):
+        if _SHAPE_ERROR_KEY in where:
+            found = np.flatnonzero(where[f"_{_SHAPE_ERROR_KEY}"])[0]
+            raise ObservationShapeError(str(where[_SHAPE_ERROR_KEY][found]))
 
 
 def _shapes(value, like=None):

@@ -6,13 +6,16 @@ A checkpoint (:mod:`agents.runs.checkpoint`) is JSON plus named arrays:
   variables in order), ``obs_rms/mean``, ``obs_rms/var``, ``reward_rms/mean``,
   ``reward_rms/var``, ``reward_rms/returns`` (with ``normalize_reward``),
   ``worker/running_returns``,
-  ``worker/last_obs`` (``worker/last_obs/<key>`` per key of a ``Dict`` observation);
+  ``worker/last_obs`` (``worker/last_obs/<key>`` per key of a ``Dict`` observation), and
+  ``env_state/<i>/<name>``, the arrays of sub-env ``i``'s state;
 * JSON: ``env_id``, ``run_id``, ``config`` (every :class:`TRPOConfig` field), ``num_timesteps``,
   ``updates``, ``wall_time``, the NumPy ``rng`` state, the normalizers' ``count``/``clip``/
-  ``epsilon`` (and the reward scaler's ``gamma``), the return window, and the ``history`` of
-  progress rows;
-* only with ``save_env_state=True``: the sub-environments of a ``"sync"`` vector env, pickled
-  (see :mod:`agents.runs.checkpoint` for when they are unpickled).
+  ``epsilon`` (and the reward scaler's ``gamma``), the return window, the ``history`` of
+  progress rows, and ``env_states``, the JSON part of each sub-env's state;
+* the sub-envs' state (:mod:`agents.envs.env_state`) is saved for every env family that module
+  knows, in a ``"sync"`` vector env, so a resume continues bit for bit. For any other env it
+  is not (said once in the log) and a resume re-seeds the envs, unless ``save_env_state=True``
+  pickles them (see :mod:`agents.runs.checkpoint` for when they are unpickled).
 
 The functions read and write the agent's public state (``policy``, ``value``, both optimizers,
 the normalizers, ``rng``, counters, ``history``, ``config``, ``run_id``); the rollout worker and
@@ -24,6 +27,7 @@ Non-finite weights are never written, and never loaded.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import pickle
 
@@ -32,8 +36,16 @@ import numpy as np
 
 import natgrad
 from agents.config import complete_saved_config
+from agents.envs.env_state import (
+    EnvState,
+    EnvStateError,
+    EnvStateMismatch,
+    UnsupportedEnvState,
+    capture_env_state,
+    restore_env_state,
+)
 from agents.envs.factories import resolve_env
-from agents.runs.checkpoint import ENV_STATE_KEY, Checkpoint, CheckpointError
+from agents.runs.checkpoint import ENV_STATE_KEY, ENV_STATES_PREFIX, Checkpoint, CheckpointError
 
 log = logging.getLogger("agents")
 
@@ -70,6 +82,35 @@ def _unpickle_envs(checkpoint: Checkpoint):
             f"checkpoint {checkpoint.path}: its pickled env state cannot be loaded by this "
             f"version ({type(exc).__name__}: {exc}); resume without trust_env_state "
             "(--trust-env-state) to re-seed the envs instead") from None
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str, *args) -> None:
+    """A warning logged the first time this process has it to say."""
+    text = message % args
+    if text not in _said:
+        _said.add(text)
+        log.warning("%s", text)
+
+
+def capture_env_states(envs: gym.vector.VectorEnv) -> list[EnvState] | None:
+    """The state of each sub-env of ``envs`` (:func:`agents.envs.env_state.capture_env_state`),
+    or ``None`` (said once) when they cannot be captured."""
+    if not isinstance(envs, gym.vector.SyncVectorEnv):
+        _say_once("the envs run in other processes (vectorization='async'): checkpoints do not "
+                  "hold their state, and a resume re-seeds them")
+        return None
+    try:
+        states = [capture_env_state(env) for env in envs.envs]
+        json.dumps([state.meta for state in states])
+    except (UnsupportedEnvState, TypeError, ValueError) as exc:
+        _say_once("checkpoints do not hold the envs' state (%s): a resume re-seeds them, unless "
+                  "save_env_state=true pickles them and the resume trusts the file "
+                  "(--trust-env-state)", exc)
+        return None
+    return states
 
 
 def variable_groups(agent) -> dict[str, list]:
@@ -134,7 +175,13 @@ def agent_checkpoint(agent, worker) -> tuple[dict, dict[str, np.ndarray]]:
                 arrays[f"worker/last_obs/{key}"] = np.asarray(value)
         else:
             arrays["worker/last_obs"] = np.asarray(worker.last_obs)
-        if agent.config.save_env_state and isinstance(worker.envs, gym.vector.SyncVectorEnv):
+        states = capture_env_states(worker.envs)
+        meta["env_states"] = None if states is None else [state.meta for state in states]
+        for i, state in enumerate(states or ()):
+            for name, value in state.arrays.items():
+                arrays[f"{ENV_STATES_PREFIX}{i}/{name}"] = value
+        if (states is None and agent.config.save_env_state
+                and isinstance(worker.envs, gym.vector.SyncVectorEnv)):
             try:
                 blob = pickle.dumps(worker.envs.envs)
             except Exception as exc:  # noqa: BLE001 - an env that cannot be pickled
@@ -158,6 +205,46 @@ def _last_obs(checkpoint: Checkpoint):
     if keys:
         return {k[len(prefix):]: checkpoint.arrays[k] for k in keys}
     return _array(checkpoint, "worker/last_obs")
+
+
+def _saved_env_states(agent, checkpoint: Checkpoint) -> list[EnvState] | None:
+    """The sub-envs' states in ``checkpoint``, checked against an env made by the agent's own
+    factory; ``None`` when it holds none, or ones of another env version (said in the log).
+
+    Raises:
+      CheckpointError: a malformed state, naming the file and the field.
+    """
+    saved, path, n_envs = checkpoint.meta.get("env_states"), checkpoint.path, agent.config.n_envs
+    if saved is None:
+        return None
+    if not isinstance(saved, list) or len(saved) != n_envs:
+        raise CheckpointError(f"checkpoint {path}: env_states is not a list of the states of "
+                              f"its {n_envs} envs")
+    states = []
+    for i, meta in enumerate(saved):
+        prefix = f"{ENV_STATES_PREFIX}{i}/"
+        states.append(EnvState(meta, {name[len(prefix):]: value for name, value
+                                      in checkpoint.arrays.items() if name.startswith(prefix)}))
+    if agent.num_workers > 1 or agent.config.vectorization != "sync":
+        _say_once("with several workers or vectorization='async', a resume re-seeds the envs")
+        return None
+    probe = agent.env_factory()
+    try:
+        probe.reset(seed=agent.config.seed)
+        for i, state in enumerate(states):
+            try:
+                restore_env_state(probe, state, check_only=True)
+            except EnvStateMismatch as exc:
+                log.warning("%s: the saved state of env %d is not one of this env (%s), perhaps "
+                            "from another version of its package: the envs are re-seeded",
+                            path, i, exc)
+                return None
+            except EnvStateError as exc:
+                raise CheckpointError(f"checkpoint {path}: the saved state of env {i} is "
+                                      f"malformed: {exc}") from None
+    finally:
+        probe.close()
+    return states
 
 
 def _checked_assignments(agent, checkpoint: Checkpoint) -> list[tuple]:
@@ -188,12 +275,14 @@ def _checked_assignments(agent, checkpoint: Checkpoint) -> list[tuple]:
 def restore_agent(agent, checkpoint: Checkpoint, *,
                   trust_env_state: bool = False) -> dict | None:
     """Puts ``agent`` (built from the checkpoint's config) into the checkpoint's state, and
-    returns the env state its next rollout worker starts from
-    (:meth:`agents.rollout.RolloutWorker.restore`;
-    ``None`` for a checkpoint saved before the first rollout).
+    returns the state its next rollout worker starts from
+    (:meth:`agents.rollout.RolloutWorker.restore`: ``worker``, ``env_states``, and
+    ``sub_envs``, unpickled only from a trusted file holding no ``env_states``; ``None`` for a
+    checkpoint saved before the first rollout).
 
     Everything is checked before the first variable changes: names, counts, shapes and
-    finiteness of the arrays, and the JSON fields' types.
+    finiteness of the arrays, the JSON fields' types, and the envs' states against an env
+    made by the agent's factory.
 
     Raises:
       CheckpointError: naming the file and what does not fit.
@@ -221,6 +310,15 @@ def restore_agent(agent, checkpoint: Checkpoint, *,
         rng.bit_generator.state = meta["rng"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has a malformed field: {exc}") from None
+    worker_state = env_states = None
+    if worker_meta is not None:
+        worker_state = {**worker_meta, "last_obs": _last_obs(checkpoint),
+                        "running_returns": _array(checkpoint, "worker/running_returns")}
+        if np.shape(worker_state["running_returns"]) != (agent.config.n_envs,):
+            raise CheckpointError(f"checkpoint {path}: worker/running_returns has shape "
+                                  f"{np.shape(worker_state['running_returns'])}, expected "
+                                  f"({agent.config.n_envs},)")
+        env_states = _saved_env_states(agent, checkpoint)
 
     for variable, value in assignments:
         variable.assign(value)
@@ -235,19 +333,17 @@ def restore_agent(agent, checkpoint: Checkpoint, *,
     if worker_meta is None:
         return None
     sub_envs = None
-    if ENV_STATE_KEY in checkpoint.arrays:
+    if ENV_STATE_KEY in checkpoint.arrays and env_states is None:
         if trust_env_state:
             sub_envs = _unpickle_envs(checkpoint)
         else:
             log.warning("%s holds pickled env state, which is not loaded unless you trust "
                         "the file (trust_env_state=True, or --trust-env-state); the envs "
                         "are re-seeded instead", path)
-    return {
-        "worker": {**worker_meta,
-                   "running_returns": _array(checkpoint, "worker/running_returns"),
-                   "last_obs": _last_obs(checkpoint)},
-        "sub_envs": sub_envs,
-    }
+    elif meta.get("env_states") is None:
+        _say_once("%s holds no env state (written by an older natgrad, or for envs whose "
+                  "state it cannot capture): the envs are re-seeded", path)
+    return {"worker": worker_state, "sub_envs": sub_envs, "env_states": env_states}
 
 
 def saved_settings(checkpoint: Checkpoint, env=None) -> tuple[object, dict]:

@@ -10,9 +10,18 @@ optimizer slots, normalizer statistics, ...) under its own name, and one ``uint8
 ``numpy.load(..., allow_pickle=False)``: an array that would need unpickling is refused, so a
 file cannot make the reader run code. Compressed members are refused too (no zip bombs).
 
-The one exception is opt-in: an agent configured with ``save_env_state=True`` also stores its
-sub-environments pickled, as the raw bytes of the array :data:`ENV_STATE_KEY`. Reading a file
-never unpickles them; :meth:`agents.TRPO.load` does only when called with
+Reads are bounded: the file is read only if it is a regular file no larger than
+:data:`MAX_CHECKPOINT_BYTES` or, where the agent is known, than the agent's own arrays could
+need (:mod:`agents.runs.checkpoint_limits`); then each member's size, as its zip entry and its
+``.npy`` header declare it, is checked against its bound (and against the bytes it really
+holds) before any array is allocated, so a member claiming terabytes is refused in one line
+instead of failing in NumPy's allocator.
+
+The envs' own state (:mod:`agents.envs.env_state`) is arrays under :data:`ENV_STATES_PREFIX`
+(``env_state/<i>/<name>`` for sub-env ``i``) and JSON. The one exception to "no pickles" is
+opt-in, for envs that module cannot capture: an agent configured with ``save_env_state=True``
+then stores its sub-environments pickled, as the raw bytes of the array :data:`ENV_STATE_KEY`.
+Reading a file never unpickles them; :meth:`agents.TRPO.load` does only when called with
 ``trust_env_state=True`` (``natgrad-trpo train --resume DIR --trust-env-state``), for files
 you wrote yourself.
 
@@ -30,11 +39,13 @@ import hashlib
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from agents.runs.checkpoint_limits import CheckpointLimits, declared_array_bytes
 from agents.runs.files import (
     UnsafeFileError,
     atomic_write_bytes,
@@ -48,6 +59,7 @@ OLDER_MAGICS = {b"NATGRAD-TRPO-v1\n": 1}
 FORMAT_VERSION = 2
 META_KEY = "__meta__"
 ENV_STATE_KEY = "env_state_pickle"
+ENV_STATES_PREFIX = "env_state/"
 _DIGEST_BYTES = 32
 #: The largest checkpoint read (4 GiB): far above any agent this package builds (a million
 #: parameters with their optimizer slots take tens of MB), far below what would exhaust a
@@ -97,19 +109,32 @@ def write_checkpoint(path: str | Path, meta: dict, arrays: dict[str, np.ndarray]
 
 
 def read_checkpoint(path: str | Path, *, run_dir: str | Path | None = None,
-                    max_bytes: int = MAX_CHECKPOINT_BYTES) -> Checkpoint:
+                    max_bytes: int = MAX_CHECKPOINT_BYTES,
+                    limits: Callable[[dict | None], CheckpointLimits | None] | None = None
+                    ) -> Checkpoint:
     """Decodes ``path`` without running any code from it.
 
     The file must be a regular file of at most ``max_bytes`` (a FIFO, a device or a larger
     file is refused without blocking or reading it whole); with ``run_dir``, a symbolic link
     must point inside it (:func:`agents.runs.files.read_regular_file`).
 
+    ``limits`` bounds the file for the agent it is read for: ``limits(None)`` is the
+    :class:`~agents.runs.checkpoint_limits.CheckpointLimits` of the run's own settings (its
+    ``total`` caps the file), ``limits(config)`` those of the settings the file's ``__meta__``
+    names (the larger of the two bounds each member). Each member's declared size (zip entry
+    and ``.npy`` header) is checked before any array is allocated.
+
     Raises:
       CheckpointError: the file is missing or unreadable, not a regular file, not a natgrad
         checkpoint, written by an older version, truncated or corrupt (checksum), or its
         payload is malformed.
+      CheckpointRefused: not a regular file, a link out of the run, larger than its cap, or a
+        member declared larger than its bound (naming the member and both sizes).
     """
     path = Path(path)
+    own = limits(None) if limits is not None else None
+    if own is not None:
+        max_bytes = min(max_bytes, own.total)
     try:
         data = read_regular_file(path, limit=max_bytes, inside=run_dir, what="checkpoint")
     except UnsafeFileError as e:
@@ -131,11 +156,20 @@ def read_checkpoint(path: str | Path, *, run_dir: str | Path | None = None,
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt (checksum mismatch)")
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
-            if any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist()):
-                raise CheckpointError(f"checkpoint {path} has compressed members; refused")
+            sizes = _member_sizes(path, archive, len(payload))
+            meta = _read_meta(path, archive, sizes, own)
+            theirs = (limits(meta["config"]) if limits is not None
+                      and isinstance(meta, dict) and isinstance(meta.get("config"), dict)
+                      else None)
+            for name, size in sizes.items():
+                bound = max(x.member(name) for x in (own, theirs) if x is not None) if (
+                    own is not None or theirs is not None) else len(payload)
+                if size > bound:
+                    raise CheckpointRefused(
+                        f"checkpoint {path}: member {name!r} declares {size:,} bytes, more "
+                        f"than the {bound:,} an agent of this run's settings can need; refused")
         with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-        meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
+            arrays = {name: archive[name] for name in archive.files if name != META_KEY}
     except CheckpointError:
         raise
     except Exception as e:  # pickled arrays (refused by allow_pickle=False), bad zip or JSON
@@ -143,6 +177,59 @@ def read_checkpoint(path: str | Path, *, run_dir: str | Path | None = None,
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has an unsupported format version")
     return Checkpoint(path, meta, arrays)
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _member_sizes(path: Path, archive: zipfile.ZipFile, payload_bytes: int) -> dict[str, int]:
+    """``{array name: bytes its array declares}`` of an ``.npz`` archive, from each zip entry
+    and ``.npy`` header alone (nothing of the arrays is read or allocated).
+
+    Raises:
+      CheckpointError: a compressed member, or one whose zip entry or ``.npy`` header claims
+        more bytes than the member holds (a crafted or corrupt file).
+    """
+    sizes = {}
+    for info in archive.infolist():
+        name = info.filename.removesuffix(".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"checkpoint {path} has compressed members; refused")
+        if info.file_size > payload_bytes:
+            raise CheckpointRefused(
+                f"checkpoint {path}: member {name!r} declares {info.file_size:,} bytes, more "
+                f"than the whole file's {payload_bytes:,}; refused")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = _HEADER_READERS.get(version)
+            if read_header is None:
+                raise CheckpointError(f"checkpoint {path}: member {name!r} is a .npy file of "
+                                      f"version {version}, not one natgrad writes")
+            shape, _, dtype = read_header(member)
+            header_bytes = member.tell()
+        declared = declared_array_bytes(shape, dtype.itemsize)
+        if declared > info.file_size - header_bytes:
+            raise CheckpointRefused(
+                f"checkpoint {path}: member {name!r} declares an array of {declared:,} bytes "
+                f"({dtype}{list(shape)}) in {info.file_size - header_bytes:,} bytes; refused")
+        sizes[name] = declared
+    return sizes
+
+
+def _read_meta(path: Path, archive: zipfile.ZipFile, sizes: dict[str, int],
+               own: CheckpointLimits | None) -> dict:
+    """The JSON ``__meta__`` member, checked against ``own.meta`` before it is read."""
+    if META_KEY not in sizes:
+        raise CheckpointError(f"checkpoint {path} has no {META_KEY} member")
+    bound = own.meta if own is not None else sizes[META_KEY]
+    if sizes[META_KEY] > bound:
+        raise CheckpointRefused(
+            f"checkpoint {path}: member {META_KEY!r} declares {sizes[META_KEY]:,} bytes, more "
+            f"than the {bound:,} an agent of this run's settings can need; refused")
+    with archive.open(META_KEY + ".npy") as member:
+        text = np.lib.format.read_array(member, allow_pickle=False)
+    return json.loads(text.tobytes().decode())
 
 
 def check_checkpoint_files(run_dir: str | Path) -> None:

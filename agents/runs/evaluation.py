@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from agents.envs.factories import make_env
-from agents.runs.files import atomic_write_bytes, read_regular_file
+from agents.runs.files import atomic_write_bytes, check_run_path, read_regular_file
 from agents.runs.layout import EVAL_FILE, VIDEO_DIR
 
 try:
@@ -109,7 +109,8 @@ def write_evaluation(run_dir: Path, record: dict) -> Path | None:
             log.warning("kept %s: it holds an evaluation at %s steps, newer than this one at "
                         "%s steps", path, f"{existing:,}", f"{int(record['steps']):,}")
             return None
-        atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode(),
+                           inside=run_dir, what=EVAL_FILE)
     return path
 
 
@@ -144,14 +145,36 @@ def has_video_encoder() -> bool:
     return importlib.util.find_spec("moviepy") is not None
 
 
+def check_video_paths(agent, run_dir: Path, episodes: int) -> str:
+    """Checks, before anything is recorded or written, the paths :func:`record_videos` will
+    write (``videos/`` and ``RecordVideo``'s ``<prefix>-episode-<i>.mp4``: a FIFO there would
+    block the encoder); returns the name prefix.
+
+    Raises:
+      agents.runs.files.UnsafeFileError: naming the first path refused.
+    """
+    video_dir = Path(run_dir) / VIDEO_DIR
+    prefix = f"{agent.config.env_id.replace('/', '_').replace(':', '_')}-step{agent.num_timesteps}"
+    check_run_path(video_dir, inside=run_dir, what="video folder", directory=True)
+    for episode in range(episodes):
+        check_run_path(video_dir / f"{prefix}-episode-{episode}.mp4", inside=run_dir,
+                       what="video")
+    return prefix
+
+
 def record_videos(agent, run_dir: Path, episodes: int, seed: int) -> list[Path]:
-    """Records ``episodes`` deterministic episodes as mp4 into ``run_dir/videos``."""
+    """Records ``episodes`` deterministic episodes as mp4 into ``run_dir/videos``.
+
+    Raises:
+      agents.runs.files.UnsafeFileError: ``videos/`` or a video's path is refused (a FIFO, a
+        device, a link out of the run), before anything is recorded.
+    """
     from gymnasium.wrappers import RecordVideo
 
     video_dir = Path(run_dir) / VIDEO_DIR
+    prefix = check_video_paths(agent, run_dir, episodes)
     before = set(video_dir.glob("*.mp4")) if video_dir.exists() else set()
     env = make_env(agent.config.env_id, render_mode="rgb_array")
-    prefix = f"{agent.config.env_id.replace('/', '_').replace(':', '_')}-step{agent.num_timesteps}"
     env = RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, name_prefix=prefix,
                       disable_logger=True)
     try:

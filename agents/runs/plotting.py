@@ -25,7 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.runs.files import UnsafeFileError, read_regular_file
+from agents.runs.files import (
+    UnsafeFileError,
+    atomic_write_bytes,
+    check_run_path,
+    read_regular_file,
+)
 from agents.runs.layout import CONFIG_FILE, PROGRESS_FILE
 from agents.runs.progress import MAX_PROGRESS_BYTES
 from agents.runs.run_dir import MAX_CONFIG_BYTES
@@ -180,6 +185,7 @@ def plot_learning_curves(
     out_png: str | os.PathLike,
     *,
     title: str | None = None,
+    inside: str | os.PathLike | None = None,
 ) -> Path:
     """Draws return against env steps (left) and wall time (right) for ``run_dirs``; saves PNG.
 
@@ -190,9 +196,18 @@ def plot_learning_curves(
     keeping its final return, since seeds finish at different times. Runs without any logged
     return are skipped; if none has one the panels say so instead of failing.
 
+    The image is written atomically (:func:`agents.runs.files.atomic_write_bytes`): a FIFO, a
+    device or a folder at ``out_png`` is refused before anything is written, a link there is
+    replaced, not written through, and with ``inside`` (the run directory it belongs to) a
+    path leading out of that directory is refused.
+
     Returns:
         The path of the written image, ``out_png`` itself (parent directories are created; a
         path without suffix gets a PNG under exactly that name).
+
+    Raises:
+        ValueError: ``out_png``'s suffix is no image format matplotlib writes.
+        agents.runs.files.UnsafeFileError: ``out_png`` (or a run's file read) is refused.
     """
     from matplotlib.figure import Figure
 
@@ -230,7 +245,13 @@ def plot_learning_curves(
     if title:
         fig.suptitle(title)
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
     # Without a suffix, matplotlib would append ".png" and write another path than asked.
-    fig.savefig(out_png, dpi=110, format=None if out_png.suffix else "png")
+    image_format = out_png.suffix[1:].lower() or "png"
+    if image_format not in fig.canvas.get_supported_filetypes():
+        raise ValueError(f"{out_png}: matplotlib writes no {image_format!r} images; use "
+                         "a .png (or .pdf, .svg) file name")
+    check_run_path(out_png, inside=inside, what="plot")  # before the figure is drawn
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format=image_format)
+    atomic_write_bytes(out_png, image.getvalue(), inside=inside, what="plot")
     return out_png

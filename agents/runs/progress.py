@@ -18,24 +18,40 @@ Logged quantities (one row per update):
 Each row is written with one ``write`` call and flushed, so a crash can tear at most the last
 line; :meth:`ProgressLogger.truncate_after` (run on resume) drops torn or malformed lines.
 TensorBoard is optional at run time: without it, one warning, and the CSV alone.
+
+Both files are opened as :mod:`agents.runs.files` opens a run's files: ``progress.csv`` is
+appended to only when it is a regular file in the run (a FIFO, a device or a link out of the
+run is refused, naming it, before it is opened), and each TensorBoard event file is created
+new (``O_EXCL``) in a ``tb/`` that must be a folder of the run.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import math
+import os
+import socket
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from agents.runs.files import atomic_write_bytes, read_regular_file
+from agents.runs.files import (
+    UnsafeFileError,
+    atomic_write_bytes,
+    check_run_path,
+    create_new_file,
+    open_for_append,
+    read_regular_file,
+)
 from agents.runs.layout import PROGRESS_FILE, TENSORBOARD_DIR
 
 log = logging.getLogger("agents")
 
+_EVENT_FILES = itertools.count()  # event files this process opened: each name is new
 MAX_PROGRESS_BYTES = 1 << 30  # about five million rows
 
 PROGRESS_KEYS = (
@@ -82,16 +98,18 @@ class ProgressLogger:
             return
         line = io.StringIO()
         writer = csv.DictWriter(line, fieldnames=PROGRESS_KEYS, lineterminator="\n")
-        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
-            writer.writeheader()
-        writer.writerow({k: row[k] for k in PROGRESS_KEYS})
+        fd = open_for_append(self.csv_path, inside=self.run_dir, what=PROGRESS_FILE)
         try:
-            with open(self.csv_path, "a", newline="") as f:
-                f.write(line.getvalue())
+            if os.fstat(fd).st_size == 0:
+                writer.writeheader()
+            writer.writerow({k: row[k] for k in PROGRESS_KEYS})
+            os.write(fd, line.getvalue().encode())
         except OSError as exc:  # a write error (disk full) has no file name of its own
             if exc.filename is None:
                 raise OSError(exc.errno, exc.strerror or str(exc), str(self.csv_path)) from exc
             raise
+        finally:
+            os.close(fd)
         self._log_tensorboard(row)
 
     def _log_tensorboard(self, row: dict) -> None:
@@ -99,9 +117,13 @@ class ProgressLogger:
             return
         try:  # TensorBoard may be missing: creating the writer then fails
             if self._writer is None:
-                self._writer = TensorBoardScalars(self.run_dir / TENSORBOARD_DIR)
+                self._writer = TensorBoardScalars(self.run_dir / TENSORBOARD_DIR,
+                                                  inside=self.run_dir)
             self._writer.write(int(row["env_steps"]),
                                {key: float(row[key]) for key in PROGRESS_KEYS[1:]})
+        except UnsafeFileError:  # a FIFO or a link out of the run planted in tb/: refused
+            self._writer = False
+            raise
         except Exception as exc:  # noqa: BLE001 - TensorBoard missing or broken
             log.warning("TensorBoard logging is off (%s); progress.csv is still written",
                         " ".join(str(exc).split()) or type(exc).__name__)
@@ -137,7 +159,8 @@ class ProgressLogger:
         writer = csv.DictWriter(text, fieldnames=PROGRESS_KEYS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(kept)
-        atomic_write_bytes(self.csv_path, text.getvalue().encode())
+        atomic_write_bytes(self.csv_path, text.getvalue().encode(), inside=self.run_dir,
+                           what=PROGRESS_FILE)
 
     def close(self) -> None:
         if self._writer:
@@ -165,20 +188,37 @@ class ProgressBar:
 
 class TensorBoardScalars:
     """Scalars written as ``tf.summary.scalar`` writes them (float32 tensors of the "scalars"
-    plugin) through TensorBoard's own event-file writer: protocol buffers and a file, no
-    TensorFlow ops, so a row costs a small fraction of what ``tf.summary`` ops cost."""
+    plugin) into an event file, ``logdir/events.out.tfevents.<time>.<host>.<pid>.natgrad``,
+    framed by TensorBoard's own ``RecordWriter``: protocol buffers and a file, no TensorFlow
+    ops, so a row costs a small fraction of what ``tf.summary`` ops cost. Each event is
+    flushed as it is written.
 
-    def __init__(self, logdir: Path):
+    The file is created new (``O_CREAT | O_EXCL``, :func:`agents.runs.files.create_new_file`),
+    so nothing already at its path (a FIFO, a link) is ever opened, and ``logdir`` must be a
+    folder (with ``inside``, one in that run directory).
+
+    Raises:
+      agents.runs.files.UnsafeFileError: ``logdir`` or the event file is refused.
+    """
+
+    def __init__(self, logdir: Path, *, inside: Path | None = None):
         from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
         self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
         self._tensor_pb2, self._dt_float = tensor_pb2, types_pb2.DT_FLOAT
         self._metadata = summary_pb2.SummaryMetadata(
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
             data_class=summary_pb2.DATA_CLASS_SCALAR)
-        Path(logdir).mkdir(parents=True, exist_ok=True)
-        self._file = EventFileWriter(str(logdir))
+        logdir = Path(logdir)
+        check_run_path(logdir, inside=inside, what="TensorBoard folder", directory=True)
+        logdir.mkdir(parents=True, exist_ok=True)
+        self.path = logdir / (f"events.out.tfevents.{int(time.time()):010d}."
+                              f"{socket.gethostname()}.{os.getpid()}.{next(_EVENT_FILES)}.natgrad")
+        fd = create_new_file(self.path, inside=inside, what="TensorBoard event file")
+        self._file = os.fdopen(fd, "wb")
+        self._records = RecordWriter(self._file)
+        self._add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def write(self, step: int, values: dict) -> None:
         """One event at ``step`` with a scalar per finite entry of ``values``."""
@@ -187,8 +227,14 @@ class TensorBoardScalars:
                 tag=key, metadata=self._metadata,
                 tensor=self._tensor_pb2.TensorProto(dtype=self._dt_float, float_val=[value]))
             for key, value in values.items() if math.isfinite(value)])
-        self._file.add_event(self._event_pb2.Event(wall_time=time.time(), step=step,
-                                                   summary=summary))
+        self._add(self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def _add(self, event) -> None:
+        try:
+            self._records.write(event.SerializeToString())
+            self._file.flush()
+        except OSError as exc:  # disk full: name the file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
 
     def close(self) -> None:
         self._file.close()

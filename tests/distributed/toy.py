@@ -26,6 +26,7 @@ def model_and_optimizer():
                               keras.layers.Dense(8, activation="tanh", dtype="float64"),
                               keras.layers.Dense(CLASSES, dtype="float64")])
     return model, natgrad.NaturalGradient(max_kl=0.01, damping=1e-3, cg_iters=6,
+                                          cg_preconditioner="diagonal",
                                           line_search_max_tries=5)
 
 
@@ -80,3 +81,21 @@ def single_device_run(steps: int) -> tuple[list, list]:
     x, y = data()
     losses = [float(step(tf.constant(x), tf.constant(y))["loss_before"]) for _ in range(steps)]
     return [np.asarray(w) for w in model.trainable_variables], losses
+
+
+# The short TRPO run of multi_worker.py: CartPole with both normalizers on, ragged value-fit
+# minibatches (64 = 24 + 24 + 16).
+TRPO_SETTINGS = {"n_envs": 2, "n_steps": 32, "critic_epochs": 3, "critic_batch_size": 24,
+                 "cg_iters": 4, "line_search_max_tries": 4, "policy_hidden": (16,),
+                 "value_hidden": (16,), "checkpoint_every": 1, "eval_episodes": 1,
+                 "normalize_obs": True, "normalize_reward": True}
+
+
+def value_fit_batch(worker: int, n: int, epochs: int, dim: int) -> tuple:
+    """Worker ``worker``'s inputs of one value fit: ``(obs [n, dim], returns [n], order
+    [epochs, n])``."""
+    rng = np.random.default_rng(10 + worker)
+    obs = rng.standard_normal((n, dim)).astype(np.float32)
+    returns = (3.0 * obs[:, 0] - obs[:, -1] + rng.standard_normal(n)).astype(np.float32)
+    order = np.stack([rng.permutation(n) for _ in range(epochs)]).astype(np.int32)
+    return obs, returns, order
