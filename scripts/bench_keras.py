@@ -23,7 +23,7 @@ at its target (``--full``: at its cap).
 Timed (``time.perf_counter()``): from just before ``fit`` to the end of each epoch, all of
 ``fit`` included (the data iterator, tracing the train step in the first epoch, every step,
 Keras' callbacks), less the per-epoch measurement of the metric, which pauses the clock
-(``bench_common.epoch_clock``). Time to target is the clock at the end of the first epoch
+(``keras_curves.epoch_clock``). Time to target is the clock at the end of the first epoch
 whose metric reached it. The ratio is per seed: a variant's time to target over Adam's;
 ``>`` marks a lower bound (the variant missed the target: its whole time), ``<`` an upper
 bound (Adam missed 97%). Means ± sample std are over the seeds that reached the target.
@@ -84,6 +84,7 @@ from natgrad.kfac import KroneckerFactors, damped_inverses  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, also under -m
 import bench_common  # noqa: E402
+import keras_curves  # noqa: E402
 
 TASKS = ("autoencoder", "cnn", "mlp")
 ADAM = "Adam"
@@ -187,15 +188,15 @@ def train(task: Task, base, weights, name: str, kwargs: dict | None, seed: int, 
         value = row[task.metric]
         if not math.isfinite(value):
             return "not finite"
-        if target is not None and bench_common.first_reaching(
+        if target is not None and keras_curves.first_reaching(
                 [value], target, higher_is_better=task.higher_is_better) is not None:
             return "target"
         return "time cap" if row["seconds"] >= cap_seconds else None
 
-    clock = bench_common.epoch_clock(task.evaluate, stop=stop, log_keys=("loss", *STEP_METRICS))
+    clock = keras_curves.epoch_clock(task.evaluate, stop=stop, log_keys=("loss", *STEP_METRICS))
     record = {"optimizer": name, "seed": seed, "config": optimizer.get_config(),
               "jit_compile": model.jit_compile, "error": None}
-    data = bench_common.seeded_batches(task.x, task.y, task.batch_size, seed)
+    data = keras_curves.seeded_batches(task.x, task.y, task.batch_size, seed)
     try:
         clock.start()
         model.fit(data, epochs=max_epochs, shuffle=False, verbose=0, callbacks=[clock])
@@ -208,7 +209,7 @@ def train(task: Task, base, weights, name: str, kwargs: dict | None, seed: int, 
 
 def benchmark(task: Task, variants: dict, args) -> list[dict]:
     """Every seed's runs, Adam first; each record has its curve and ``summary``
-    (:func:`bench_common.curve_summary` with ``ratio`` and ``ratio_bound`` against Adam)."""
+    (:func:`keras_curves.curve_summary` with ``ratio`` and ``ratio_bound`` against Adam)."""
     records, autoencoder = [], task.name == "autoencoder"
     for seed in range(args.seeds):
         keras.backend.clear_session()
@@ -225,13 +226,13 @@ def benchmark(task: Task, variants: dict, args) -> list[dict]:
             values = record["curve"].get(task.metric)
             if adam_sets_target and values:
                 target = min(values)  # Adam's best: the variants' target
-            s = record["summary"] = bench_common.curve_summary(
+            s = record["summary"] = keras_curves.curve_summary(
                 record["curve"]["seconds"], values or [], target,
                 higher_is_better=task.higher_is_better)
             if kwargs is None:
                 adam = s
             s["ratio"], s["ratio_bound"] = (
-                (1.0, "=") if kwargs is None else bench_common.time_ratio(s, adam))
+                (1.0, "=") if kwargs is None else keras_curves.time_ratio(s, adam))
             records.append(record)
             print(f"  {task.name} seed {seed} {name}: {s['epochs']} epochs, "
                   f"{s['seconds'] or 0:.1f} s, final {task.metric} {s['final'] or math.nan:.4g}"
@@ -243,10 +244,10 @@ def benchmark(task: Task, variants: dict, args) -> list[dict]:
 def fit_step(model: keras.Model, optimizer, x, y, repeats: int) -> dict:
     """The train step ``fit`` compiled (``model.train_function``) on one batch."""
     model.optimizer.build(model.trainable_variables)
-    return bench_common.first_and_median(
+    return keras_curves.first_and_median(
         lambda: model.train_on_batch(x, y, return_dict=True)["loss"],
         lambda: model.train_function([(x, y, None)])["loss"], repeats=repeats,
-        before=bench_common.keras_restorer(model, optimizer), prefer=XLA_ERRORS)
+        before=keras_curves.keras_restorer(model, optimizer), prefer=XLA_ERRORS)
 
 
 def profile_variant(task: Task, model: keras.Model, optimizer, x, y, repeats: int) -> dict:
@@ -255,7 +256,7 @@ def profile_variant(task: Task, model: keras.Model, optimizer, x, y, repeats: in
     ``cg_product_ms``, ``linearization_ms`` and the statistics of one ``minimize`` call."""
     pieces = {"fit_step": fit_step(model, optimizer, x, y, repeats)}
     variables = model.trainable_variables
-    restore = bench_common.keras_restorer(model, optimizer)
+    restore = keras_curves.keras_restorer(model, optimizer)
     closures = {"outputs_fn": lambda: model(x, training=True),
                 "output_distribution": natgrad.output_distribution_for_loss(task.loss)}
 
@@ -312,7 +313,7 @@ def profile_variant(task: Task, model: keras.Model, optimizer, x, y, repeats: in
         fns.update(kfac_statistics=compiled(kfac_statistics),
                    kfac_inverses=compiled(kfac_inverses))
     for piece, fn in fns.items():
-        pieces[piece] = bench_common.first_and_median(fn, fn, repeats=repeats, before=restore,
+        pieces[piece] = keras_curves.first_and_median(fn, fn, repeats=repeats, before=restore,
                                                       prefer=XLA_ERRORS)
     if "ms" in pieces["minimize"]:
         restore()
@@ -435,14 +436,14 @@ def main(argv=None) -> int:
         if records:
             summaries = {name: [r["summary"] for r in records if r["optimizer"] == name]
                          for name in [ADAM, *args.variants]}
-            headers, rows = bench_common.time_to_target_table(summaries, task.metric, ADAM)
+            headers, rows = keras_curves.time_to_target_table(summaries, task.metric, ADAM)
             print(bench_common.format_table(headers, rows, align="llllllrrrr"))
             print("".join(f"  failed: {r['optimizer']} seed {r['seed']}: {r['error']}\n"
                           for r in records if r["error"]), end="")
             markdown += [f"### {task.name}: {task.description}", "",
                          bench_common.markdown_table(headers, rows), ""]
             targets = [s["target"] for ss in summaries.values() for s in ss if s["target"]]
-            bench_common.plot_curves(
+            keras_curves.plot_curves(
                 args.out_dir / f"bench_keras_{task.name}.png",
                 {name: [r["curve"] for r in records if r["optimizer"] == name]
                  for name in summaries}, task.metric,
