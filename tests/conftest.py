@@ -6,7 +6,9 @@ float64 model is built with ``dtype="float64"`` on its ``Input`` and on every la
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
@@ -145,3 +147,19 @@ def mlp_policy(obs_dim: int, head, *, hidden: tuple, rng: np.random.Generator,
 
     return Policy(MLP(obs_dim, tuple(hidden), head.out_dim, activation=activation, rng=rng,
                       output_gain=POLICY_OUTPUT_GAIN, dtype=dtype), head)
+
+
+@contextlib.contextmanager
+def fails_instead_of_hanging(seconds: int = 10):
+    """Turns a call blocked for ``seconds`` (a FIFO opened) into a test failure, not a hang
+    (nor the bare ``SIGALRM`` that would kill the whole test session)."""
+    def blocked(*_):
+        raise TimeoutError("blocked: a FIFO was opened")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

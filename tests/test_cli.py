@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_CONFIG, cli_settings
+from conftest import TINY_CONFIG, cli_settings, fails_instead_of_hanging
 
 from agents import cli
 from agents.cli.setup import fresh_run_dir
@@ -43,24 +43,6 @@ def assert_usage_error(result, *fragments):
     assert len(lines) == 1, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-
-
-@contextlib.contextmanager
-def _fails_instead_of_hanging(seconds: int):
-    """Turns a call blocked for ``seconds`` (a FIFO opened) into a test failure, not a hang
-    (nor the bare ``SIGALRM`` that would kill the whole test session)."""
-    import signal
-
-    def blocked(*_):
-        raise TimeoutError("blocked: a FIFO was opened")
-
-    previous = signal.signal(signal.SIGALRM, blocked)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")
@@ -621,7 +603,7 @@ def test_a_run_file_planted_as_a_fifo_or_a_link_out_is_refused_writing_nothing(
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     argv = {"resume": ["train", "--resume", run_dir, "--steps", 4096],
             "eval": ["eval", run_dir], "plot": ["plot", run_dir]}[command]
-    with _fails_instead_of_hanging(20):  # a FIFO opened would block
+    with fails_instead_of_hanging(20):  # a FIFO opened would block
         assert_usage_error(run_main(argv), str(run_dir / name), fragment)
     after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert [p for p in after if not p.endswith(".lock")] == before

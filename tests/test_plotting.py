@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import fails_instead_of_hanging
 
 from agents.runs.plotting import (
     average_curves,
@@ -121,27 +122,18 @@ def test_plot_learning_curves_writes_png(three_runs, tmp_path):
 def test_the_png_is_never_written_into_a_fifo_or_through_a_link_out_of_the_run(three_runs,
                                                                                tmp_path):
     import os
-    import signal
 
     from agents.runs.files import UnsafeFileError
 
     run = three_runs[0]
     os.mkfifo(run / "learning_curve.png")
-    def blocked(*_):
-        raise TimeoutError("blocked: a FIFO was opened for writing")
-
-    previous = signal.signal(signal.SIGALRM, blocked)
-    signal.alarm(10)  # a FIFO opened for writing would block: fail instead of hanging
-    try:
+    with fails_instead_of_hanging():  # a FIFO opened for writing would block
         with pytest.raises(UnsafeFileError, match=r"learning_curve\.png is not a regular file "
                            r"\(a FIFO\); refused"):
             plot_learning_curves([run], run / "learning_curve.png", inside=run)
         with pytest.raises(UnsafeFileError, match=r"fifo\.png is not a regular file"):
             os.mkfifo(tmp_path / "fifo.png")
             plot_learning_curves([run], tmp_path / "fifo.png")  # --out: no run to stay in
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
     os.unlink(run / "learning_curve.png")
     outside = tmp_path / "outside.txt"
     outside.write_text("theirs")

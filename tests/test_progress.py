@@ -3,15 +3,14 @@ time."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import itertools
 import logging
 import os
-import signal
 import socket
 
 import pytest
+from conftest import fails_instead_of_hanging
 
 from agents.runs.files import UnsafeFileError
 from agents.runs.progress import PROGRESS_KEYS, ProgressLogger
@@ -81,24 +80,9 @@ def test_tensorboard_scalars_read_back_as_tf_summary_scalars(tmp_path):
                 assert seen[(row["env_steps"], key)] == pytest.approx(row[key], rel=1e-6)
 
 
-@contextlib.contextmanager
-def _fails_instead_of_hanging(seconds: int = 10):
-    """Turns a call blocked (on a FIFO) for ``seconds`` into a test failure."""
-    def blocked(*_):
-        raise TimeoutError("blocked: a FIFO was opened")
-
-    previous = signal.signal(signal.SIGALRM, blocked)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def test_progress_csv_is_appended_to_only_if_it_is_a_regular_file_of_the_run(tmp_path):
     os.mkfifo(tmp_path / "progress.csv")
-    with _fails_instead_of_hanging(), pytest.raises(
+    with fails_instead_of_hanging(), pytest.raises(
             UnsafeFileError, match=r"progress\.csv is not a regular file \(a FIFO\); refused"):
         ProgressLogger(tmp_path).log(_row(100))
     os.unlink(tmp_path / "progress.csv")
@@ -130,6 +114,6 @@ def test_tensorboard_files_are_created_new_in_a_tb_folder_of_the_run(tmp_path, m
     monkeypatch.setattr(progress.time, "time", lambda: 1234567890.5)
     name = f"events.out.tfevents.1234567890.{socket.gethostname()}.{os.getpid()}.7.natgrad"
     os.mkfifo(run_dir / "tb" / name)
-    with _fails_instead_of_hanging(), pytest.raises(UnsafeFileError,
+    with fails_instead_of_hanging(), pytest.raises(UnsafeFileError,
                                                     match=f"{name} exists already"):
         ProgressLogger(run_dir).log(_row(100))
