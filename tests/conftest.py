@@ -12,6 +12,7 @@ import signal
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
+import gymnasium as gym  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -163,3 +164,31 @@ def fails_instead_of_hanging(seconds: int = 10):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+class WrongShapeEnv(gym.Env):
+    """Declares ``Box(4)`` observations but returns 3 numbers (at reset, or from step 2)."""
+
+    def __init__(self, bad_at_reset=True):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.bad_at_reset, self.t = bad_at_reset, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3 if self.bad_at_reset else 4, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(3 if self.t >= 2 else 4, np.float32), 0.0, False, False, {}
+
+
+@pytest.fixture
+def mixed_float16():
+    """Builds models under ``mixed_float16`` inside the test; float32 again afterwards."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

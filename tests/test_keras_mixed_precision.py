@@ -29,16 +29,6 @@ def digits():
     return x[:1024], y[:1024]  # 8 full batches of 128: no small batch whose gradient survives
 
 
-@pytest.fixture
-def mixed_float16():
-    """Builds models under ``mixed_float16`` inside the test; float32 again afterwards."""
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def _mlp(seed=0) -> keras.Model:
     keras.utils.set_random_seed(seed)
     return keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="tanh"),

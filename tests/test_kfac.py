@@ -30,15 +30,6 @@ def digits():
     return (data.data / 16.0).astype("float32"), data.target.astype("int32")
 
 
-@pytest.fixture
-def mixed_float16():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def _mlp(seed=0, dtype="float64"):
     keras.utils.set_random_seed(seed)
     return keras.Sequential([keras.Input((4,), dtype=dtype),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import mlp_policy
+from conftest import WrongShapeEnv, mlp_policy
 
 from agents.envs.normalization import RewardScaler
 from agents.envs.spaces import flatten_time
@@ -123,31 +123,13 @@ def test_estimate_advantages_is_gae_on_the_values_of_the_batch_and_its_bootstrap
     envs.close()
 
 
-class _WrongShapeEnv(gym.Env):
-    """Declares ``Box(4)`` observations but returns 3 numbers (at reset, or from step 2)."""
-
-    def __init__(self, bad_at_reset=True):
-        self.observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
-        self.action_space = gym.spaces.Discrete(2)
-        self.bad_at_reset, self.t = bad_at_reset, 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.zeros(3 if self.bad_at_reset else 4, np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        return np.zeros(3 if self.t >= 2 else 4, np.float32), 0.0, False, False, {}
-
-
 @pytest.mark.parametrize("bad_at_reset", [True, False])
 def test_an_observation_of_the_wrong_shape_names_the_env_space_and_shape(bad_at_reset):
     from agents.envs.factories import make_vector_env
     from agents.envs.vector_env import ObservationShapeError
 
-    envs = make_vector_env(lambda: _WrongShapeEnv(bad_at_reset), 2, "sync")
-    expected = (r"env '_WrongShapeEnv' returned an observation of shape \(3,\), but its "
+    envs = make_vector_env(lambda: WrongShapeEnv(bad_at_reset), 2, "sync")
+    expected = (r"env 'WrongShapeEnv' returned an observation of shape \(3,\), but its "
                 r"observation space is Box\(-1\.0, 1\.0, \(4,\), float32\) \(shape \(4,\)\)")
     with pytest.raises(ObservationShapeError, match=expected):
         envs.reset(seed=0)

@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import space_envs
+from conftest import WrongShapeEnv
 
 from agents.envs.factories import make_vector_env
 from agents.envs.vector_env import RolloutVectorEnv
@@ -90,30 +91,12 @@ def test_make_vector_env_uses_it_for_sync_only():
         envs.close()
 
 
-class _WrongShapeEnv(gym.Env):
-    """Declares ``Box(4)`` observations but returns 3 numbers (at reset, or from step 2)."""
-
-    def __init__(self, bad_at_reset=True):
-        self.observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
-        self.action_space = gym.spaces.Discrete(2)
-        self.bad_at_reset, self.t = bad_at_reset, 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.zeros(3 if self.bad_at_reset else 4, np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        return np.zeros(3 if self.t >= 2 else 4, np.float32), 0.0, False, False, {}
-
-
 @pytest.mark.parametrize("bad_at_reset", [True, False])
 def test_async_envs_name_the_env_space_and_shape_of_a_wrong_observation(bad_at_reset, capfd):
     from agents.envs.vector_env import ObservationShapeError
 
-    envs = make_vector_env(functools.partial(_WrongShapeEnv, bad_at_reset), 2, "async")
-    expected = (r"^env '_WrongShapeEnv' returned an observation of shape \(3,\), but its "
+    envs = make_vector_env(functools.partial(WrongShapeEnv, bad_at_reset), 2, "async")
+    expected = (r"^env 'WrongShapeEnv' returned an observation of shape \(3,\), but its "
                 r"observation space is Box\(-1\.0, 1\.0, \(4,\), float32\) \(shape \(4,\)\)")
     try:
         with pytest.raises(ObservationShapeError, match=expected):
