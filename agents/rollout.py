@@ -3,7 +3,8 @@
 * :func:`compute_gae`: generalized advantage estimation (Schulman et al., 2016), pure NumPy.
 * :class:`RolloutWorker`: steps a Gymnasium vector env (``AutoresetMode.SAME_STEP``) with a
   NumPy copy of the policy, and keeps the unnormalized episode returns. A NaN or infinite
-  observation or reward raises :class:`NonFiniteError` before it reaches the normalizer.
+  observation or reward raises :class:`NonFiniteError` before it reaches the normalizer;
+  :func:`start_worker` makes one on new envs, reset or restored from a checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from agents.envs.env_state import restore_env_state
+from agents.envs.factories import make_vector_env
 from agents.envs.normalization import (
     RewardScaler,
     RunningMeanStd,
@@ -98,6 +100,21 @@ def estimate_advantages(value, rollout: Rollout, gamma: float,
 def normalize_advantages(advantages: np.ndarray, epsilon: float = 1e-8) -> np.ndarray:
     """``(Â − mean Â) / (std Â + ε)``."""
     return (advantages - advantages.mean()) / (advantages.std() + epsilon)
+
+
+def update_targets(advantages: np.ndarray, returns: np.ndarray, standardize: bool,
+                   first_step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The compiled update's ``(advantages, returns)`` of ``[T, E]`` ones: flattened to
+    ``[T E]`` float32, the advantages standardized if ``standardize``; raises
+    :class:`NonFiniteError` if either is not finite (env steps from ``first_step + 1``)."""
+    if standardize:
+        advantages = normalize_advantages(advantages)
+    update_advantages = flatten_time(advantages).astype(np.float32)
+    update_returns = flatten_time(returns).astype(np.float32)
+    n_envs = returns.shape[1]
+    check_finite("the return", update_returns, first_step, n_envs)
+    check_finite("the advantage", update_advantages, first_step, n_envs)
+    return update_advantages, update_returns
 
 
 def explained_variance(predictions: np.ndarray, targets: np.ndarray) -> float:
@@ -256,6 +273,21 @@ class RolloutWorker:
         self.episodes = int(state["episodes"])
         self.running_returns = np.array(state["running_returns"])
         self.last_obs = map_obs(np.array, state["last_obs"])
+
+
+def start_worker(env_factory, cfg, policy, obs_rms: RunningMeanStd | None,
+                 encoder: ObservationEncoder, reward_scaler: RewardScaler | None, *, seed: int,
+                 env_state: dict | None = None, reseed: int | None = None) -> RolloutWorker:
+    """A :class:`RolloutWorker` on ``cfg.n_envs`` new envs of ``env_factory``
+    (``cfg.vectorization``): reset with ``seed``, or put in a checkpoint's ``env_state``
+    (:meth:`RolloutWorker.restore`, which re-seeds with ``reseed`` what it cannot restore)."""
+    envs = make_vector_env(env_factory, cfg.n_envs, cfg.vectorization)
+    worker = RolloutWorker(envs, policy, obs_rms, encoder, reward_scaler)
+    if env_state is None:
+        worker.reset(seed)
+    else:
+        worker.restore(env_state, reseed)
+    return worker
 
 
 def _store(buffer, index, value) -> None:

@@ -35,7 +35,7 @@ import gymnasium as gym
 import numpy as np
 
 from agents.config import TRPOConfig, check_memory, resolve_config
-from agents.envs.factories import make_vector_env, resolve_env
+from agents.envs.factories import resolve_env
 from agents.envs.normalization import RewardScaler, RunningMeanStd
 from agents.envs.spaces import (
     ObservationEncoder,
@@ -51,9 +51,9 @@ from agents.rollout import (
     NonFiniteError,
     Rollout,
     RolloutWorker,
-    check_finite,
     explained_variance,
-    normalize_advantages,
+    start_worker,
+    update_targets,
 )
 from agents.rollout import (
     estimate_advantages as estimate_batch_advantages,
@@ -93,18 +93,11 @@ class TRPO:
       ValueError: bad config values, unknown env id or preset, unsupported spaces; all checked
         here, before any training.
 
-    Checkpoints (``save``, and ``run_dir/checkpoints/update_NNNNNN.ckpt``) are arrays plus JSON
-    (:mod:`agents.runs.agent_state`): loading one never runs code from it. They hold the envs'
-    own state as arrays and JSON too (:mod:`agents.envs.env_state`), so a resume continues bit
-    for bit as if never stopped (on CPU); envs whose state cannot be captured are re-seeded
-    (``seed + updates``) unless ``save_env_state=True`` pickles them and the load trusts the
-    file (``trust_env_state=True``).
-
-    Training with a ``run_dir`` holds its lock (:class:`agents.runs.run_dir.RunLock`); Ctrl-C or
-    ``SIGTERM`` stops after the current update with a checkpoint (:class:`TrainingInterrupted`);
-    a NaN or infinite observation, reward, return or value loss raises
-    :class:`agents.rollout.NonFiniteError` after checkpointing the last good state (or, with
-    ``on_non_finite="skip"``, drops that batch), so non-finite weights are never saved.
+    Checkpoints (``save``, ``run_dir/checkpoints/``) are arrays plus JSON, envs' state
+    included (:mod:`agents.runs.agent_state`, :mod:`agents.envs.env_state`): loading one runs
+    no code, and a resume continues bit for bit on CPU (envs whose state cannot be captured
+    are re-seeded, ``seed + updates``, unless pickled by ``save_env_state=True`` and trusted
+    by ``trust_env_state=True``). ``learn`` documents the lock, stops and non-finite values.
     """
 
     def __init__(self, env, *, preset: str | None = None, run_dir=None, strategy=None,
@@ -274,13 +267,9 @@ class TRPO:
             mean_return = worker.mean_return()  # of the episodes up to this batch's end
             # 2. Advantages by GAE, bootstrapping V(final_obs) at truncation.
             values, advantages, returns = self.estimate_advantages(rollout)
-            policy_advantages = (normalize_advantages(advantages)  # workers: in the update
-                                 if cfg.normalize_advantages and self.num_workers == 1
-                                 else advantages)
-            update_advantages = flatten_time(policy_advantages).astype(np.float32)
-            update_returns = flatten_time(returns).astype(np.float32)
-            check_finite("the return", update_returns, self.num_timesteps, cfg.n_envs)
-            check_finite("the advantage", update_advantages, self.num_timesteps, cfg.n_envs)
+            update_advantages, update_returns = update_targets(  # workers: standardized later
+                advantages, returns, cfg.normalize_advantages and self.num_workers == 1,
+                self.num_timesteps)
         critic_order = np.stack([rng.permutation(cfg.batch_size)
                                  for _ in range(cfg.critic_epochs)]).astype(np.int32)
         # 3 + 4. Natural-gradient policy step and value fit (with prefetch, the next batch is
@@ -321,20 +310,14 @@ class TRPO:
     def worker(self) -> RolloutWorker:
         """The rollout worker: the vector env and the episodes in it, created on first use
         (then from a checkpoint's env state, when the agent was loaded from one)."""
-        if self._worker is not None:
-            return self._worker
-        cfg = self.config
-        envs = make_vector_env(self.env_factory, cfg.n_envs, cfg.vectorization)
-        worker = RolloutWorker(envs, self.policy, self.obs_rms, self.encoder,
-                               self.reward_scaler)
-        pending, self._pending_env_state = self._pending_env_state, None
-        seed = cfg.seed + 10_007 * self.worker_index  # workers' envs are seeded apart
-        if pending is None:
-            worker.reset(seed)
-        else:
-            worker.restore(pending, seed + self.updates)
-        self._worker = worker
-        return worker
+        if self._worker is None:
+            env_state, self._pending_env_state = self._pending_env_state, None
+            seed = self.config.seed + 10_007 * self.worker_index  # workers' envs seeded apart
+            self._worker = start_worker(self.env_factory, self.config, self.policy,
+                                        self.obs_rms, self.encoder, self.reward_scaler,
+                                        seed=seed, env_state=env_state,
+                                        reseed=seed + self.updates)
+        return self._worker
 
     # Using a trained agent -----------------------------------------------------------------
 

@@ -54,7 +54,6 @@ from natgrad.distribute import check_strategy, replica_context
 from natgrad.keras_adapter import (
     call_model,
     compiled_loss,
-    compiled_loss_variables,
     compiled_loss_weights,
     install_train_step,
     loss_scale_state,
@@ -70,10 +69,10 @@ from natgrad.keras_losses import (
     output_losses,
 )
 from natgrad.keras_mixed_precision import LossScale, curvature_arguments
+from natgrad.keras_stateless import StatelessForward
 from natgrad.kfac import KroneckerFactors
 from natgrad.optimizer import NaturalGradient
 from natgrad.recent_inputs import RecentInputs, top_up, top_up_to_fixed_size
-from natgrad.structure import as_tf_variables
 
 STEP_METRICS = ("kl", "accepted", "line_search_tries")
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
@@ -144,46 +143,6 @@ def _check_model(model: keras.Model) -> NaturalGradient:
     return optimizer
 
 
-class _StatelessForward:
-    """Runs forward passes with the non-trainable variables read at fixed values.
-
-    ``run(fn)`` calls ``fn()`` in a ``keras.StatelessScope`` mapping each non-trainable
-    variable to its start-of-step value: nothing is written, and every call sees the same
-    dropout seeds and BatchNorm state. ``run(fn, keep=True)`` also keeps that pass's new
-    values (and the compiled loss's per-output metric updates) for :meth:`write_kept`.
-    """
-
-    def __init__(self, model: keras.Model):
-        self.trainable = list(model.trainable_variables)
-        self.variables = list(model.non_trainable_variables)
-        self.start = [tf.identity(v.value) for v in self.variables]
-        self.metric_variables = compiled_loss_variables(model)
-        self.kept: list = []
-
-    def run(self, fn, *, keep: bool = False, loss_scale: LossScale | None = None):
-        # Trainable variables map to their current value, read here (inside the caller's
-        # tapes, so gradients and JVPs flow to them): Keras' weight regularizers look every
-        # trainable variable up in the scope. With a loss scale, each read divides the
-        # gradient reaching its variable by the scale.
-        values = as_tf_variables(self.trainable)
-        if loss_scale is not None:
-            values = [loss_scale.unscale_gradient(tf.convert_to_tensor(t)) for t in values]
-        mapping = [(v, t) for v, t in zip(self.trainable, values, strict=True)]
-        mapping += list(zip(self.variables, self.start, strict=True))
-        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-            result = fn()
-        if keep:
-            watched = self.variables + self.metric_variables
-            self.kept = [(v, scope.get_current_value(v)) for v in watched]
-        return result
-
-    def write_kept(self) -> None:
-        """Assigns, once, the values the kept pass produced (``None``: left unchanged)."""
-        for variable, value in self.kept:
-            if value is not None:
-                variable.assign(value)
-
-
 def _update_step_metrics(trackers: dict, stats: dict, epoch_start) -> dict:
     """Updates the ``kl`` / ``accepted`` / ``line_search_tries`` epoch means; returns results.
 
@@ -235,14 +194,14 @@ def _curvature_batch(optimizer: NaturalGradient, x, state: FitState | None, n_gl
     return x_curvature, real_rows, recent, max_kl
 
 
-def _loss_and_outputs_fns(model, forward: _StatelessForward, data, x_curvature, replicas: int,
+def _loss_and_outputs_fns(model, forward: StatelessForward, data, x_curvature, replicas: int,
                           loss_scale: LossScale | None):
     """``(loss_fn, outputs_fn, first_pass)`` for :meth:`NaturalGradient.minimize`.
 
     ``minimize`` calls ``loss_fn`` first at ``θ₀``, and takes the gradient of that call: that
     pass's predictions are kept in ``first_pass["y_pred"]`` for the metrics, its new
     non-trainable values (BatchNorm statistics, dropout seeds) are kept for
-    :meth:`_StatelessForward.write_kept`, and its gradient is loss-scaled if ``loss_scale``.
+    :meth:`StatelessForward.write_kept`, and its gradient is loss-scaled if ``loss_scale``.
     """
     x, y, sample_weight = data
     first_pass = {}
@@ -309,7 +268,7 @@ def natural_gradient_train_step(model: keras.Model, data, state: FitState | None
         # A subclassed model builds its layers on its first call; inference mode changes no
         # state (no BatchNorm update, no dropout seed drawn).
         call_model(model, x, training=False)
-    forward = _StatelessForward(model)
+    forward = StatelessForward(model)
     x_curvature, real_rows, recent, max_kl = _curvature_batch(
         optimizer, x, state, n_global, distributed=context is not None,
         fixed_size=bool(model.jit_compile))

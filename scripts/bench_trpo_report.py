@@ -58,7 +58,7 @@ def print_run(r: dict) -> None:
 def summarize(reports: list[dict], envs: list[str], floors: dict | None = None) -> dict:
     """Per env, per budget: both sides' returns over seeds (:func:`rl_stats.summary`: per
     seed, mean ± std, IQM and its 95% interval) and the whole-process time per run; at an
-    env's last budget, that time over the bare simulator's (``floor``)."""
+    env's last budget, the median run's time over the bare simulator's (``floor``)."""
     summary = {}
     for env_id in envs:
         rows = []
@@ -84,9 +84,11 @@ def summarize(reports: list[dict], envs: list[str], floors: dict | None = None) 
                                                  if r.get("segments", 1) == 1]}
             floor = (floors or {}).get(env_id)
             if last and floor and floor.get("steps", 0) >= budget * 0.99:
-                seconds = _last_mean(row["natgrad"]["process_seconds"])
+                # the median run: one run slowed by other load on the machine moves it least
+                seconds = _median(row["natgrad"]["process_seconds"])
                 row["floor"] = {"process_seconds": floor["process_seconds"],
                                 "loop_seconds": floor["loop_seconds"],
+                                "run_process_seconds": seconds,
                                 "ratio": seconds / floor["process_seconds"]}
             rows.append(row)
         summary[env_id] = rows
@@ -138,13 +140,13 @@ def print_returns_table(summary: dict, with_peer: bool) -> None:
             print(f"  {env_id} {row['budget']:,} natgrad per seed "
                   f"{row['natgrad']['seeds']}: {per_seed}")
     print("s/run: whole process to that budget, less evaluation (runs done in one process); "
-          "/floor: that over the bare simulator's process for the same steps; with several "
-          "processes at a time they share the cores (see --speed for timing)")
+          "/floor: the median run's over the bare simulator's process for the same steps; "
+          "with several processes at a time they share the cores (see --speed for timing)")
 
 
 def _seconds(values: list[float]) -> str:
     return f"{statistics.fmean(values):.0f}" if values else "-"
 
 
-def _last_mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan

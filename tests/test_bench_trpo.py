@@ -136,3 +136,15 @@ def test_the_floor_ratio_is_the_whole_process_over_the_bare_simulator(report):
     assert last["natgrad"]["process_seconds"] == [128.0]
     assert last["floor"]["ratio"] == 2.0
     assert last["natgrad"]["iqm"] == 50.0 and last["natgrad"]["per_seed"] == [30.0, 70.0]
+
+
+def test_the_floor_ratio_takes_the_median_run_so_one_slowed_run_moves_it_little(report):
+    # startup = process - eval - learn = 8 s each; to 300k: 8 + 120, 8 + 132, 8 + 600
+    reports = [_report("natgrad", 0, ([1.0], [1.0]), (40.0, 120.0), 130.0, 2.0),
+               _report("natgrad", 1, ([1.0], [1.0]), (40.0, 132.0), 142.0, 2.0),
+               _report("natgrad", 2, ([1.0], [1.0]), (99.0, 600.0), 610.0, 2.0)]
+    floors = {"Hopper-v5": {"steps": 300_000, "process_seconds": 70.0, "loop_seconds": 69.0}}
+    last = report.summarize(reports, ["Hopper-v5"], floors)["Hopper-v5"][-1]
+    assert last["natgrad"]["process_seconds"] == [128.0, 140.0, 608.0]
+    assert last["floor"]["run_process_seconds"] == 140.0
+    assert last["floor"]["ratio"] == 2.0
