@@ -38,13 +38,11 @@ from agents.cli.setup import (
     DEFAULT_ENV_ID,
     RunFailed,
     UsageError,
-    is_chief,
     launch_workers,
     load_run,
-    locked,
+    locked_resume,
     one_line,
     prepare_new_run,
-    prepare_resume,
 )
 from agents.config import MAX_EVAL_EPISODES
 from agents.runs.files import UnsafeFileError
@@ -98,9 +96,7 @@ def cmd_train(args) -> int:
             if not Path(args.resume).is_dir():  # a typo: create nothing, not even the lock
                 raise UsageError(f"{args.resume}: no such run directory (--resume continues "
                                  "an existing run)")
-            if is_chief():
-                stack.enter_context(locked(Path(args.resume)))
-            agent, run_dir, budget = prepare_resume(args)
+            agent, run_dir, budget = locked_resume(args, stack)
         else:
             agent, run_dir, budget = prepare_new_run(args, stack)
         return _train(agent, run_dir, budget, resumed=args.resume is not None)

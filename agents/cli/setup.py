@@ -314,6 +314,23 @@ def locked(run_dir: Path):
         lock.__exit__(None, None, None)
 
 
+def locked_resume(args, stack: contextlib.ExitStack):
+    """:func:`prepare_resume` under the run's lock (taken by the chief), which ``stack``
+    holds while training. A refused resume leaves the directory as it found it: a ``.lock``
+    that this call created is removed again (while still held, so no other process has it)."""
+    run_dir = Path(args.resume)
+    created = is_chief() and not os.path.lexists(run_dir / LOCK_FILE)
+    if is_chief():
+        stack.enter_context(locked(run_dir))
+    try:
+        return prepare_resume(args)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                (run_dir / LOCK_FILE).unlink()
+        raise
+
+
 def _is_gym_error(exc: BaseException) -> bool:
     """Whether ``exc`` is one of Gymnasium's errors (unknown env id, missing dependency…)."""
     import gymnasium
