@@ -125,9 +125,10 @@ class TRPOConfig:
         "run, bit for bit). Pays off only with spare cores: on 2 it measured no faster.",
         False)
     tf_threads: int = _help(
-        "TensorFlow's intra- and inter-op threads (0: TensorFlow's default, one per core). "
-        "Small MLP updates run faster on 1: its idle pool threads spin on the cores the env "
-        "steps on. Takes effect only before TensorFlow's first op in the process.", 0)
+        "TensorFlow's intra- and inter-op threads (0: TensorFlow's default, one per core), "
+        "and NumPy's BLAS threads while learn() runs (0: left as they are). Small MLP updates "
+        "run faster on 1: idle pool threads spin on the cores the envs step on. TensorFlow's "
+        "pools take it only before its first op in the process.", 0)
     checkpoint_every: int = _help("Write a checkpoint every this many updates (and at the end).",
                                   10)
     eval_episodes: int = _help("Episodes of a deterministic evaluation.", 10)

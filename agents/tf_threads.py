@@ -1,15 +1,24 @@
-"""TensorFlow's thread pools, sized by ``TRPOConfig.tf_threads`` before TensorFlow starts.
+"""The threads of a training process, sized by ``TRPOConfig.tf_threads``.
 
-A TRPO update of a small MLP is thousands of tiny ops. With TensorFlow's default pools (one
-thread per core), handing them between threads costs more than running them, and the pools'
-idle threads spin on the cores the envs step on (``scripts/profile_trpo.py --set
-tf_threads=0`` against ``tf_threads=1`` measures it; ``bench_results/profile/`` holds runs).
-The pools can be sized only before TensorFlow runs its first op in the process; after that
-the request is reported once and the run goes on with the pools it has.
+* TensorFlow's pools (:func:`apply_tf_threads`), before TensorFlow starts. A TRPO update of a
+  small MLP is thousands of tiny ops. With TensorFlow's default pools (one thread per core),
+  handing them between threads costs more than running them, and the pools' idle threads
+  spin on the cores the envs step on (``scripts/profile_trpo.py --set tf_threads=0`` against
+  ``tf_threads=1`` measures it; ``bench_results/profile/`` holds runs). The pools can be sized
+  only before TensorFlow runs its first op in the process; after that the request is reported
+  once and the run goes on with the pools it has.
+* NumPy's BLAS (:func:`blas_threads`), while ``TRPO.learn`` runs. The rollout's forward passes
+  and the batch's value predictions are NumPy matrix products. The BLAS library splits the
+  larger ones (a batch of 2,048 states) over every core, and its threads then wait for a core
+  that the envs, or a second run, are using: on 2 cores busy with other runs, Hopper's
+  advantages took 19-29 ms an update with the default threads and 7-9 ms with one. The split
+  is over the product's rows, so each entry is computed alike and the run is the same, bit
+  for bit (``tests/test_tf_threads.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 log = logging.getLogger("agents")
@@ -43,3 +52,18 @@ def apply_tf_threads(threads: int) -> bool:
                         "with its own thread pools (set tf.config.threading before its first "
                         "op, or TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS)", threads)
         return False
+
+
+@contextlib.contextmanager
+def blas_threads(threads: int):
+    """Inside the block, NumPy's BLAS libraries (OpenBLAS, MKL, BLIS; through
+    ``threadpoolctl``) use at most ``threads`` threads; on leaving it, what they had (0 leaves
+    them as they are). The limit is the process's: other threads' NumPy products share it while
+    the block runs."""
+    if threads <= 0:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield

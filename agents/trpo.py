@@ -69,7 +69,7 @@ from agents.runs.evaluation import EVAL_SEED_OFFSET, evaluate_policy
 from agents.runs.progress import ProgressBar, ProgressLogger, progress_row
 from agents.runs.run_dir import RunWriter, resume_point
 from agents.stop_signals import StopSignals, TrainingInterrupted
-from agents.tf_threads import apply_tf_threads
+from agents.tf_threads import apply_tf_threads, blas_threads
 from agents.update import UpdateFunctions, make_optimizers, make_update_fns
 from agents.worker_sync import WorkerSync
 from agents.workers import check_same_start, check_worker_settings, worker_position
@@ -169,7 +169,7 @@ class TRPO:
           NonFiniteError: with ``on_non_finite="stop"``, after checkpointing the last good state.
         """
         total = self.config.total_steps if total_steps is None else int(total_steps)
-        with self.run.lock(), StopSignals() as stop:
+        with self.run.lock(), StopSignals() as stop, blas_threads(self.config.tf_threads):
             self.run.claim(self.run_id, self.config.to_dict(), self.num_timesteps)
             if self.num_workers > 1:
                 check_same_start(self.strategy, self.updates)
