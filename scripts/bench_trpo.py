@@ -64,7 +64,8 @@ import bench_common  # noqa: E402
 import bench_processes  # noqa: E402
 import bench_trpo_report  # noqa: E402
 
-MUJOCO_ENVS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Ant-v5", "Swimmer-v5")
+MUJOCO_ENVS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Ant-v5", "Swimmer-v5",
+               "InvertedPendulum-v5", "InvertedDoublePendulum-v5", "Reacher-v5")
 DEFAULT_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1")
 SPEED_ENVS = ("CartPole-v1", "Hopper-v5")
 # Envs scripts/sb3_peer.py has RL Zoo settings for; others run natgrad's side only.

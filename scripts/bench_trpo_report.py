@@ -17,14 +17,19 @@ import rl_stats  # noqa: E402
 
 TARGETS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0, "Acrobot-v1": -90.0,
            "MiniGrid-Empty-5x5-v0": 0.9}
-# Published sb3-contrib TRPO figures at 1M steps (v3 envs): its docs (3 seeds, mean ± std)
-# and the RL Baselines3 Zoo benchmark (one run). See ../shared/ANCHORS.md.
+# Published TRPO figures at 1M steps: sb3-contrib's docs (v3 envs, 3 seeds, mean ± std) and
+# the RL Baselines3 Zoo benchmark (v3, one run). See ../shared/ANCHORS.md.
 PUBLISHED_1M = {
     "Hopper-v5": {"sb3-contrib docs": (3372.0, 215.0), "RL Zoo": (3618.0, None)},
     "HalfCheetah-v5": {"sb3-contrib docs": (1803.0, 46.0), "RL Zoo": (1785.0, None)},
     "Walker2d-v5": {"sb3-contrib docs": (4502.0, 234.0), "RL Zoo": (4933.0, None)},
     "Ant-v5": {"sb3-contrib docs": (3554.0, 591.0), "RL Zoo": (4982.0, None)},
     "Swimmer-v5": {"sb3-contrib docs": (359.0, 2.0), "RL Zoo": (366.0, None)},
+    # No sb3-contrib figure for the cheap tasks: Tianshou's (v3, 10 seeds, the best average
+    # during training, not the final one) and OpenAI baselines' trpo_mpi, both at 1M.
+    "InvertedPendulum-v5": {"Tianshou": (1000.0, None), "baselines": (905.0, None)},
+    "InvertedDoublePendulum-v5": {"Tianshou": (8435.0, None), "baselines": (6732.0, None)},
+    "Reacher-v5": {"Tianshou": (-5.1, None), "baselines": (-4.8, None)},
 }
 
 
