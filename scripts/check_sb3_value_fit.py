@@ -1,0 +1,154 @@
+"""natgrad's TRPO value fit against sb3-contrib's, on the same weights, batch and minibatches.
+
+The natgrad side builds the agent of an env's preset, collects one batch with its own rollout
+worker (normalized observations) and computes the value targets with the agent's own code
+(:meth:`agents.trpo.TRPO.estimate_advantages`); it draws the minibatch order of every epoch,
+saves weights, batch and order to a file and runs this script again under ``--peer-python``
+(``--peer-side``: sb3-contrib, CPU torch, nothing from natgrad), which loads them into
+sb3-contrib's ``TRPO`` with the RL Zoo settings of ``scripts/sb3_peer.py`` (20 critic epochs of
+minibatch 128, Adam with learning rate 1e-3 and ε 1e-5) and runs its ``train``, whose
+minibatches are made to follow the saved order. Then natgrad runs its compiled value fit
+(``update_fns.value``) on the same input, and the two value networks are compared: their
+weights (relative to the size of sb3-contrib's change) and their predictions on the batch
+(relative to the targets' spread).
+
+The two are not expected to agree to the last digit: both compute in float32, in different
+orders, over 320 Adam steps, and Keras' Adam adds ε to ``sqrt(v)`` where torch's adds it to
+``sqrt(v / (1 − β₂ᵗ))``, so in a fresh optimizer's first steps Keras' ε is effectively
+``ε / sqrt(1 − β₂ᵗ)`` (~32 ε at step 1, ~1.9 ε at step 320, ε once ``t`` is in the thousands).
+
+Usage::
+
+    python scripts/check_sb3_value_fit.py --peer-python .venv-sb3/bin/python --envs Hopper-v5
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also under -m
+import sb3_peer  # noqa: E402
+from peer_check import (  # noqa: E402
+    check_main,
+    load_sb3_weights,
+    mlp_weights,
+    run_peer,
+    sb3_layers,
+)
+
+SEED = 0
+
+
+def peer_side(data_file: str, out_file: str, env_id: str) -> int:
+    """sb3-contrib's value fit on the saved weights, batch and order (the peer interpreter)."""
+    import stable_baselines3.common.buffers as buffers
+    import torch as th
+    from stable_baselines3.common.logger import configure
+
+    th.set_num_threads(1)
+    data = np.load(data_file)
+    n, epochs = len(data["obs"]), len(data["order"])
+    model = sb3_peer.make_model(env_id, n_envs=1, seed=SEED, normalize=False, n_steps=n,
+                                n_critic_updates=epochs)
+    model.set_logger(configure(None, [""]))
+    policy = model.policy
+    load_sb3_weights(policy, "policy", data, prefix="policy_")
+    load_sb3_weights(policy, "value", data, prefix="value_")
+    with th.no_grad():
+        policy.log_std.copy_(th.as_tensor(data["log_std"]))
+        _, log_prob, _ = policy.evaluate_actions(th.as_tensor(data["obs"]),
+                                                 th.as_tensor(data["actions"]))
+    buffer = model.rollout_buffer
+    buffer.reset()
+    buffer.observations[:, 0] = data["obs"]
+    buffer.actions[:, 0] = data["actions"]
+    buffer.advantages[:, 0] = data["advantages"]
+    buffer.returns[:, 0] = data["returns"]
+    buffer.log_probs[:, 0] = log_prob.numpy()
+    buffer.pos, buffer.full = n, True
+    # train() draws one permutation for the policy step (the whole batch, order unused), then
+    # one per critic epoch: those are the saved ones.
+    orders = iter([np.arange(n), *data["order"]])
+    buffers.np.random.permutation = lambda size: next(orders)
+    model._current_progress_remaining = 1.0  # noqa: SLF001 (see check_sb3_step.py)
+    model.train()
+    layers = sb3_layers(policy, "value")
+    out = {f"kernel_{i}": layer.weight.detach().numpy().T for i, layer in enumerate(layers)}
+    out.update({f"bias_{i}": layer.bias.detach().numpy() for i, layer in enumerate(layers)})
+    with th.no_grad():
+        out["predictions"] = policy.predict_values(th.as_tensor(data["obs"])).numpy()[:, 0]
+    np.savez(out_file, **out)
+    return 0
+
+
+def flat(weights: dict) -> np.ndarray:
+    keys = sorted(k for k in weights if k.startswith(("kernel_", "bias_")))
+    return np.concatenate([np.ravel(weights[k]) for k in keys]).astype(np.float64)
+
+
+def check(env_id: str, peer_python: str, work: Path) -> dict:
+    from agents.envs.spaces import flatten_time
+    from agents.trpo import TRPO
+
+    agent = TRPO(env_id, seed=SEED)
+    cfg = agent.config
+    rng = np.random.default_rng(SEED)
+    rollout = agent.worker.collect(agent.policy.numpy_params(), cfg.n_steps, rng)
+    _, advantages, returns = agent.estimate_advantages(rollout)
+    obs = flatten_time(rollout.obs).astype(np.float32)
+    returns = flatten_time(returns).astype(np.float32)
+    advantages = flatten_time(advantages).astype(np.float32)
+    actions = flatten_time(rollout.actions).astype(np.float32)
+    order = np.stack([rng.permutation(len(obs)) for _ in range(cfg.critic_epochs)])
+    start = mlp_weights(agent.value.trunk)
+    data = {**mlp_weights(agent.policy.trunk, "policy_"),
+            **mlp_weights(agent.value.trunk, "value_"),
+            "log_std": agent.policy.head.log_std.numpy(), "obs": obs, "actions": actions,
+            "advantages": advantages, "returns": returns, "order": order}
+    data_file, out_file = work / f"{env_id}_value.npz", work / f"{env_id}_value_sb3.npz"
+    np.savez(data_file, **data)
+    run_peer(peer_python, __file__, str(data_file), str(out_file), env_id)
+    sb3 = dict(np.load(out_file))
+    stats = agent.update_fns.value(obs, returns, order.astype(np.int32))
+    natgrad = mlp_weights(agent.value.trunk)
+    predictions = agent.value.numpy_values(agent.value.numpy_params(), obs)
+    sb3_change = flat(sb3) - flat(start)
+    spread = float(np.std(returns))
+    return {
+        "env_id": env_id, "batch": len(obs), "epochs": cfg.critic_epochs,
+        "minibatch": cfg.critic_batch_size, "returns_std": spread,
+        "value_loss": float(stats["value_loss"]),
+        "weights_relative_difference": float(
+            np.linalg.norm(flat(natgrad) - flat(sb3)) / np.linalg.norm(sb3_change)),
+        "weights_change_cosine": float(
+            (flat(natgrad) - flat(start)) @ sb3_change
+            / np.linalg.norm(flat(natgrad) - flat(start)) / np.linalg.norm(sb3_change)),
+        "predictions_max_difference_over_returns_std": float(
+            np.max(np.abs(predictions - sb3["predictions"])) / spread),
+    }
+
+
+def describe(report: dict) -> list[str]:
+    return [f"{report['env_id']}: {report['epochs']} epochs of minibatch {report['minibatch']} on "
+            f"{report['batch']} samples (returns' std {report['returns_std']:.3g}, final value "
+            f"loss {report['value_loss']:.3g})",
+            f"  weights |natgrad - sb3| / |sb3's change| = "
+            f"{report['weights_relative_difference']:.2e}, cosine of the changes "
+            f"{report['weights_change_cosine']:.6f}",
+            f"  predictions max |natgrad - sb3| / std(returns) = "
+            f"{report['predictions_max_difference_over_returns_std']:.2e}"]
+
+
+def main(argv=None) -> int:
+    return check_main(argv, doc=__doc__,
+                      envs=["Hopper-v5", "HalfCheetah-v5", "Swimmer-v5", "InvertedPendulum-v5"],
+                      out="bench_results/sb3_value_fit_check.json",
+                      peer_metavar=("DATA", "OUT", "ENV_ID"), peer_side=peer_side, check=check,
+                      describe=describe)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
