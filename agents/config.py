@@ -122,7 +122,8 @@ class TRPOConfig:
     log_std_init: float = _help("Initial log standard deviation of a Gaussian policy.", 0.0)
     overlap_value_fit: bool = _help(
         "Run each value fit on a second thread while the next batch is collected (the same "
-        "run, bit for bit). Pays off only with spare cores: on 2 it measured no faster.",
+        "run, bit for bit). Pays off only with a spare core: Hopper-v5 1M on 2 idle cores "
+        "197 s instead of 250 s, beside other runs no faster.",
         False)
     tf_threads: int = _help(
         "TensorFlow's intra- and inter-op threads (0: TensorFlow's default, one per core), "
