@@ -26,7 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also under -m
 import sb3_peer  # noqa: E402
-from peer_check import check_main, load_sb3_weights, mlp_weights, run_peer, sb3_layers  # noqa: E402
+from peer_check import (  # noqa: E402
+    check_main,
+    flat,
+    load_sb3_weights,
+    mlp_weights,
+    run_peer,
+    sb3_layers,
+)
 
 BATCH = 2048
 
@@ -71,10 +78,6 @@ def peer_side(batch_file: str, out_file: str, env_id: str) -> int:
 
 def natgrad_weights(agent) -> dict:
     return {**mlp_weights(agent.policy.trunk), "log_std": agent.policy.head.log_std.numpy()}
-
-
-def flat(weights: dict) -> np.ndarray:
-    return np.concatenate([np.ravel(weights[k]) for k in sorted(weights)]).astype(np.float64)
 
 
 def natgrad_step(env_id: str, data: dict, **overrides) -> dict:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also under
 import sb3_peer  # noqa: E402
 from peer_check import (  # noqa: E402
     check_main,
+    flat,
     load_sb3_weights,
     mlp_weights,
     run_peer,
@@ -84,11 +85,6 @@ def peer_side(data_file: str, out_file: str, env_id: str) -> int:
     return 0
 
 
-def flat(weights: dict) -> np.ndarray:
-    keys = sorted(k for k in weights if k.startswith(("kernel_", "bias_")))
-    return np.concatenate([np.ravel(weights[k]) for k in keys]).astype(np.float64)
-
-
 def check(env_id: str, peer_python: str, work: Path) -> dict:
     from agents.envs.spaces import flatten_time
     from agents.trpo import TRPO
@@ -112,22 +108,23 @@ def check(env_id: str, peer_python: str, work: Path) -> dict:
     np.savez(data_file, **data)
     run_peer(peer_python, __file__, str(data_file), str(out_file), env_id)
     sb3 = dict(np.load(out_file))
+    sb3_predictions = sb3.pop("predictions")
     stats = agent.update_fns.value(obs, returns, order.astype(np.int32))
-    natgrad = mlp_weights(agent.value.trunk)
     predictions = agent.value.numpy_values(agent.value.numpy_params(), obs)
     sb3_change = flat(sb3) - flat(start)
+    natgrad_change = flat(mlp_weights(agent.value.trunk)) - flat(start)
     spread = float(np.std(returns))
     return {
         "env_id": env_id, "batch": len(obs), "epochs": cfg.critic_epochs,
         "minibatch": cfg.critic_batch_size, "returns_std": spread,
         "value_loss": float(stats["value_loss"]),
         "weights_relative_difference": float(
-            np.linalg.norm(flat(natgrad) - flat(sb3)) / np.linalg.norm(sb3_change)),
+            np.linalg.norm(natgrad_change - sb3_change) / np.linalg.norm(sb3_change)),
         "weights_change_cosine": float(
-            (flat(natgrad) - flat(start)) @ sb3_change
-            / np.linalg.norm(flat(natgrad) - flat(start)) / np.linalg.norm(sb3_change)),
+            natgrad_change @ sb3_change
+            / np.linalg.norm(natgrad_change) / np.linalg.norm(sb3_change)),
         "predictions_max_difference_over_returns_std": float(
-            np.max(np.abs(predictions - sb3["predictions"])) / spread),
+            np.max(np.abs(predictions - sb3_predictions)) / spread),
     }
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bench_common
+import numpy as np
 
 
 def mlp_weights(net, prefix: str = "") -> dict:
@@ -25,6 +26,12 @@ def mlp_weights(net, prefix: str = "") -> dict:
     weights = {f"{prefix}kernel_{i}": w.numpy() for i, w in enumerate(net.kernels)}
     weights.update({f"{prefix}bias_{i}": b.numpy() for i, b in enumerate(net.biases)})
     return weights
+
+
+def flat(weights: dict) -> np.ndarray:
+    """Every array of ``weights`` in key order, as one float64 vector (to compare two sides'
+    weights, or a step, by norms and angles)."""
+    return np.concatenate([np.ravel(weights[k]) for k in sorted(weights)]).astype(np.float64)
 
 
 def sb3_layers(policy, net: str) -> list:
