@@ -1,5 +1,5 @@
 """The value fit of one update, run while the next update's batch is collected
-(``TRPOConfig.overlap_value_fit``, off by default).
+(``TRPOConfig.overlap_value_fit``; off by default, on in the MuJoCo presets).
 
 An update's value fit touches only the value network and its optimizer; the next rollout
 reads only the new policy (and the normalizers). :class:`ValueFitOverlap` runs the fit on a

@@ -181,15 +181,21 @@ def make_update_fns(cfg, policy, value, policy_optimizer, value_optimizer, obs_s
 
 def _policy_step(cfg, policy, policy_optimizer) -> Callable:
     """``(obs, actions, advantages) -> statistics``: the natural-gradient step on the
-    surrogate, in the trust region ``KL(π_old‖π_θ) ≤ max_kl``, plus the batch's entropy."""
+    surrogate (plus ``entropy_coef`` times the mean entropy, when that is not 0), in the trust
+    region ``KL(π_old‖π_θ) ≤ max_kl``, plus the batch's entropy."""
+    entropy_coef = float(cfg.entropy_coef)
 
     def policy_step(obs, actions, advantages):
         old_outputs = tf.nest.map_structure(tf.stop_gradient, policy.outputs(obs))
         log_prob_old = policy.log_prob(old_outputs, actions)
 
         def surrogate_loss():
-            ratio = tf.exp(policy.log_prob(policy.outputs(obs), actions) - log_prob_old)
-            return -tf.reduce_mean(ratio * advantages)
+            outputs = policy.outputs(obs)
+            ratio = tf.exp(policy.log_prob(outputs, actions) - log_prob_old)
+            loss = -tf.reduce_mean(ratio * advantages)
+            if entropy_coef:  # 0: the plain surrogate's graph, so its runs are unchanged
+                loss -= entropy_coef * tf.reduce_mean(policy.entropy(outputs))
+            return loss
 
         def kl():
             return policy.distribution.kl(old_outputs, policy.outputs(obs))

@@ -53,11 +53,21 @@ def _plain(value):
     return json.loads(json.dumps(value, default=str))
 
 
+# Settings that change how a run is scheduled, not a number it computes (the same run, bit for
+# bit, either way): a run made with the other value is reused.
+SAME_RUN_EITHER_WAY = frozenset({"overlap_value_fit"})
+
+
 def differences(wanted: dict, found: dict) -> list[str]:
-    """``["field: found X, wanted Y", ...]`` for the fields two configurations disagree on."""
-    wanted, found = _plain(wanted), _plain(found)
+    """``["field: found X, wanted Y", ...]`` for the fields two configurations disagree on;
+    ``found`` is a run's saved configuration, so the fields added since it was written count
+    with the value it ran with (:func:`agents.config.complete_saved_config`)."""
+    from agents.config import complete_saved_config
+
+    wanted, found = _plain(wanted), _plain(complete_saved_config(found))
     return [f"{key}: the run has {found.get(key)!r}, this bench asks for {wanted.get(key)!r}"
-            for key in sorted(set(wanted) | set(found)) if wanted.get(key) != found.get(key)]
+            for key in sorted(set(wanted) | set(found))
+            if key not in SAME_RUN_EITHER_WAY and wanted.get(key) != found.get(key)]
 
 
 def wanted_settings(env_id: str, seed: int, overrides: dict) -> dict:

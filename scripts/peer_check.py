@@ -65,6 +65,19 @@ def run_peer(peer_python: str, script: str, *args: str) -> None:
         raise RuntimeError(f"sb3-contrib side failed:\n{done.stdout}{done.stderr}")
 
 
+def add_peer_python(parser: argparse.ArgumentParser) -> None:
+    """``--peer-python`` (default ``NATGRAD_PEER_PYTHON``): the interpreter with sb3-contrib."""
+    parser.add_argument("--peer-python", default=os.environ.get("NATGRAD_PEER_PYTHON"))
+
+
+def require_peer_python(parser: argparse.ArgumentParser, peer_python: str | None) -> str:
+    """``peer_python``, or the parser's usage error (exit status 2) naming what is needed."""
+    if not peer_python:
+        parser.error("needs --peer-python (or NATGRAD_PEER_PYTHON): a Python with sb3-contrib "
+                     "and torch; see README")
+    return peer_python
+
+
 def check_main(argv, *, doc: str, envs: list[str], out: str, peer_metavar: tuple,
                peer_side: Callable[..., int], check: Callable[[str, str, Path], dict],
                describe: Callable[[dict], list[str]]) -> int:
@@ -72,16 +85,14 @@ def check_main(argv, *, doc: str, envs: list[str], out: str, peer_metavar: tuple
     work_dir)`` per env, prints ``describe(report)`` and writes the reports to ``--out``."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--envs", nargs="+", default=envs)
-    parser.add_argument("--peer-python", default=os.environ.get("NATGRAD_PEER_PYTHON"))
+    add_peer_python(parser)
     parser.add_argument("--out", default=out)
     parser.add_argument("--peer-side", nargs=len(peer_metavar), metavar=peer_metavar,
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer_side:
         return peer_side(*args.peer_side)
-    if not args.peer_python:
-        parser.error("needs --peer-python (or NATGRAD_PEER_PYTHON): a Python with sb3-contrib "
-                     "and torch; see README")
+    require_peer_python(parser, args.peer_python)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     reports = []
     with tempfile.TemporaryDirectory() as work:

@@ -7,8 +7,10 @@ float64 model is built with ``dtype="float64"`` on its ``Input`` and on every la
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
+from pathlib import Path
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
@@ -192,3 +194,12 @@ def mixed_float16():
         yield
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def load_script(name: str):
+    """``scripts/{name}.py`` imported as a module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_trpo.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +25,7 @@ def processes(bench):
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_trpo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_trpo")
 
 
 def _report(side, seed, returns_at, learn_at, process, eval_seconds):
@@ -115,6 +109,26 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(processes, tmp_pat
     changed = processes.wanted_settings("CartPole-v1", 3, {"max_kl": 0.02})
     with pytest.raises(processes.SettingsMismatch, match="max_kl.*--fresh"):
         processes.finished_natgrad(tmp_path, [100_000], changed)
+
+
+def test_a_run_from_before_a_setting_existed_or_scheduled_otherwise_is_reused(processes,
+                                                                             tmp_path):
+    import bench_common
+
+    wanted = processes.wanted_settings("Hopper-v5", 3, {})
+    assert wanted["overlap_value_fit"] and wanted["entropy_coef"] == 0.0
+    # Written before entropy_coef existed, with the value fit in line: the same run.
+    old = {k: v for k, v in wanted.items() if k != "entropy_coef"}
+    old["overlap_value_fit"] = False
+    report = {"env_id": "Hopper-v5", "seed": 3, "settings": old,
+              "results": [{"budget": 100_000, "steps": 100_352, "eval_returns": [900.0],
+                           "learn_seconds_so_far": 9.0}]}
+    bench_common.write_json(tmp_path / processes.RESULT_FILE, report)
+    assert processes.finished_natgrad(tmp_path, [100_000], wanted)["seed"] == 3
+    with pytest.raises(processes.SettingsMismatch, match="entropy_coef: the run has 0.0"):
+        processes.finished_natgrad(tmp_path, [100_000],
+                                   processes.wanted_settings("Hopper-v5", 3,
+                                                             {"entropy_coef": 0.01}))
 
 
 def test_the_peer_cache_key_names_env_seed_budgets_and_version(processes, tmp_path):

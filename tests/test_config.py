@@ -24,6 +24,9 @@ def test_every_preset_resolves_to_a_valid_config():
             cartpole.critic_epochs, cartpole.total_steps) == (2, 512, 0.98, 1e-3, 20, 100_000)
     hopper = resolve_config("Hopper-v5")
     assert hopper.normalize_obs and hopper.cg_iters == 25 and hopper.total_steps == 1_000_000
+    # The MuJoCo presets fit the value beside the next rollout (the same run, bit for bit:
+    # tests/test_overlap.py); the others run the update as one graph.
+    assert hopper.overlap_value_fit and not cartpole.overlap_value_fit
 
 
 def test_overrides_win_over_presets_and_config_fields_have_help():
@@ -36,6 +39,7 @@ def test_overrides_win_over_presets_and_config_fields_have_help():
     {"max_kl": -0.01}, {"n_steps": 0}, {"total_steps": 0}, {"gamma": 1.5}, {"gae_lambda": -0.1},
     {"activation": "swish"}, {"vectorization": "threads"}, {"cg_iters": 0},
     {"line_search_shrink": 1.0}, {"policy_hidden": (64, 0)}, {"n_envs": 1.5},
+    {"entropy_coef": -0.01}, {"entropy_coef": float("nan")},
 ])
 def test_bad_config_values_raise_before_training(bad):
     name = next(iter(bad))

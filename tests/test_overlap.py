@@ -63,7 +63,8 @@ def _collect_calls(agent):
 @pytest.mark.slow
 @pytest.mark.parametrize("env_id, extra", [("CartPole-v1", {}),
                                            ("Pendulum-v1", {"normalize_obs": True,
-                                                            "normalize_reward": True})])
+                                                            "normalize_reward": True}),
+                                           ("Hopper-v5", {})])  # its preset: both normalizers
 def test_overlapped_value_fit_gives_the_sequential_run_bit_for_bit(tmp_path, tiny_config, env_id,
                                                                    extra):
     settings = {**tiny_config, **extra, "checkpoint_every": 3, "overlap_value_fit": True}

@@ -51,6 +51,38 @@ def test_gaussian_log_std_changes_after_an_update(tiny_config):
     assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
 
 
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "Hopper-v5"])  # D = 1 and D = 3
+def test_entropy_bonus_alone_widens_sigma_by_the_hand_computed_trust_region_step(env_id,
+                                                                               tiny_config):
+    # Zero advantages: the loss is -c * mean entropy, whose gradient is -c on each log sigma and
+    # 0 on the mean's weights. The Gaussian's Fisher is block diagonal (mean | log sigma) and
+    # 2 I on a shared log sigma, so (F + lam I) s = g gives s = -c / (2 + lam) on log sigma
+    # only, and the step beta s with 1/2 (beta s)^T (F + lam I) (beta s) = delta widens every
+    # log sigma by sqrt(2 delta / (D (2 + lam))); its KL, D (d - (1 - e^(-2d)) / 2), is below
+    # delta, so the first try is taken.
+    agent = TRPO(env_id, **{**tiny_config, "entropy_coef": 0.01})
+    cfg, policy = agent.config, agent.policy
+    d = policy.head.log_std.shape[0]
+    rng = np.random.default_rng(0)
+    n = cfg.batch_size
+    obs = rng.standard_normal((n, agent.encoder.vector_dim)).astype(np.float32)
+    actions = policy.numpy_act(policy.numpy_params(), obs, rng).astype(np.float32)
+    trunk = [v.numpy() for v in policy.trunk.trainable_variables]
+    log_std = policy.head.log_std.numpy().copy()
+    stats = agent.update_fns.policy(obs, actions, np.zeros(n, np.float32))
+    widened = np.sqrt(2 * cfg.max_kl / (d * (2 + cfg.cg_damping)))
+    np.testing.assert_allclose(policy.head.log_std.numpy() - log_std, widened, rtol=1e-4)
+    for before, v in zip(trunk, policy.trunk.trainable_variables, strict=True):
+        np.testing.assert_allclose(v.numpy(), before, atol=1e-7)
+    kl = d * (widened - (1 - np.exp(-2 * widened)) / 2)
+    assert int(stats["line_search_tries"]) == 1
+    np.testing.assert_allclose(float(stats["kl"]), kl, rtol=1e-3)
+    plain = TRPO(env_id, **tiny_config)  # without the bonus the same batch gives no step
+    log_std = plain.policy.head.log_std.numpy().copy()
+    plain.update_fns.policy(obs, actions, np.zeros(n, np.float32))
+    np.testing.assert_array_equal(plain.policy.head.log_std.numpy(), log_std)
+
+
 @pytest.mark.parametrize("epsilon", [None, 0.05], ids=["default_epsilon", "epsilon_0.05"])
 def test_compiled_value_fit_is_a_plain_keras_adam_loop_over_the_minibatches(epsilon,
                                                                             tiny_config):
