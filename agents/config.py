@@ -103,8 +103,8 @@ class TRPOConfig:
     cg_damping: float = _help("Damping λ added to the Fisher's diagonal in CG: (F + λI)s = g.", 0.1)
     entropy_coef: float = _help(
         "Entropy bonus c >= 0: the policy step maximizes the surrogate plus c times the batch's "
-        "mean policy entropy (OpenAI baselines' entcoeff), against a Gaussian sigma that keeps "
-        "shrinking once the task is solved; 0 is plain TRPO.", 0.0)
+        "mean policy entropy (OpenAI baselines' entcoeff); 0 is plain TRPO. No preset sets it: "
+        "0.01 did not keep InvertedPendulum's sigma from shrinking (README, Benchmarks).", 0.0)
     line_search_shrink: float = _help("Backtracking factor of the line search, in (0, 1).", 0.8)
     line_search_max_tries: int = _help("Line-search points tried before the step is rejected.",
                                        10)
