@@ -16,13 +16,22 @@ comparison), the advantages, the value targets and the final running statistics.
 episodes end by termination, HalfCheetah's only by the 1,000-step time limit, so the two
 envs check both ends of an episode. Both sides compute in float32, so agreement is to ~1e-6.
 
+``--checkpoint CKPT`` starts both sides from a natgrad run's trained state instead of fresh
+networks: the checkpoint's policy and value weights and its observation and reward statistics
+(``VecNormalize``'s on sb3-contrib's side), with fresh envs seeded alike on both sides (the
+discounted-return accumulators start at 0, as at any reset).
+
 Usage::
 
     python scripts/check_sb3_rollout.py --peer-python .venv-sb3/bin/python
+    python scripts/check_sb3_rollout.py --peer-python .venv-sb3/bin/python --envs Swimmer-v5 \
+        --checkpoint RUN/checkpoints/update_000040.ckpt
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -49,6 +58,11 @@ def peer_side(data_file: str, out_file: str, env_id: str) -> int:
         load_sb3_weights(policy, net, data, f"{net}_")
     with th.no_grad():
         policy.log_std.copy_(th.as_tensor(data["log_std"]))
+    if "start_obs_mean" in data:  # a trained state: natgrad's statistics, before the reset
+        vec_normalize = model.get_vec_normalize_env()
+        for rms, key in ((vec_normalize.obs_rms, "obs"), (vec_normalize.ret_rms, "ret")):
+            rms.mean, rms.var = data[f"start_{key}_mean"], data[f"start_{key}_var"]
+            rms.count = float(data[f"start_{key}_count"])
 
     step = iter(range(n_steps))
 
@@ -74,11 +88,33 @@ def peer_side(data_file: str, out_file: str, env_id: str) -> int:
     return 0
 
 
-def natgrad_side(env_id: str) -> tuple[dict, dict]:
-    """``(weights and actions for the peer, natgrad's rollout quantities)``."""
+def start_from(agent, checkpoint: str) -> dict:
+    """Puts ``checkpoint``'s weights and normalizer statistics into ``agent`` (whose envs are
+    not made yet); returns the statistics for the peer."""
+    from agents.trpo import TRPO
+
+    trained = TRPO.load(checkpoint, env=agent.config.env_id)  # another env's: refused
+    for mine, theirs in zip(agent.policy.trainable_variables + agent.value.trainable_variables,
+                            trained.policy.trainable_variables + trained.value.trainable_variables,
+                            strict=True):
+        mine.assign(theirs)
+    agent.obs_rms.load_state(trained.obs_rms.state())
+    rewards = trained.reward_scaler.state()
+    agent.reward_scaler.load_state({**rewards, "returns": np.zeros_like(rewards["returns"])})
+    out = {}
+    for key, rms in (("obs", agent.obs_rms), ("ret", agent.reward_scaler.rms)):
+        out.update({f"start_{key}_mean": rms.mean, f"start_{key}_var": rms.var,
+                    f"start_{key}_count": rms.count})
+    return out
+
+
+def natgrad_side(env_id: str, checkpoint: str | None = None) -> tuple[dict, dict]:
+    """``(weights and actions for the peer, natgrad's rollout quantities)``, from fresh
+    networks or ``checkpoint``'s trained state."""
     from agents.trpo import TRPO
 
     agent = TRPO(env_id, seed=SEED)
+    start = {} if checkpoint is None else start_from(agent, checkpoint)
     cfg = agent.config
     worker = agent.worker
     rollout = worker.collect(agent.policy.numpy_params(), cfg.n_steps, agent.rng)
@@ -91,7 +127,8 @@ def natgrad_side(env_id: str) -> tuple[dict, dict]:
                                                         & ~rollout.terminated) * next_values
     for_peer = {**mlp_weights(agent.policy.trunk, "policy_"),
                 **mlp_weights(agent.value.trunk, "value_"),
-                "log_std": agent.policy.head.log_std.numpy(), "actions": rollout.actions}
+                "log_std": agent.policy.head.log_std.numpy(), "actions": rollout.actions,
+                **start}
     ours = {"obs": rollout.obs, "values": values, "rewards": bootstrapped,
             "advantages": advantages, "returns": returns,
             "episode_ends": {"terminated": int(rollout.terminated.sum()),
@@ -104,13 +141,13 @@ def natgrad_side(env_id: str) -> tuple[dict, dict]:
     return for_peer, ours
 
 
-def check(env_id: str, peer_python: str, work: Path) -> dict:
-    for_peer, ours = natgrad_side(env_id)
+def check(env_id: str, peer_python: str, work: Path, checkpoint: str | None = None) -> dict:
+    for_peer, ours = natgrad_side(env_id, checkpoint)
     data_file, out_file = work / f"{env_id}_rollout.npz", work / f"{env_id}_sb3.npz"
     np.savez(data_file, **for_peer)
     run_peer(peer_python, __file__, str(data_file), str(out_file), env_id)
     theirs = dict(np.load(out_file))
-    report = {"env_id": env_id, "batch": list(np.shape(ours["values"])),
+    report = {"env_id": env_id, "checkpoint": checkpoint, "batch": list(np.shape(ours["values"])),
               "episode_ends": ours["episode_ends"], "max_relative_difference": {}}
     for key, value in ours.items():
         if key == "episode_ends":
@@ -124,17 +161,24 @@ def check(env_id: str, peer_python: str, work: Path) -> dict:
 
 def describe(report: dict) -> list[str]:
     ends = report["episode_ends"]
-    lines = [f"{report['env_id']}: batch {report['batch']}, {ends['terminated']} terminated and "
-             f"{ends['truncated']} truncated episodes; largest |natgrad - sb3| / max |sb3|:"]
+    start = "" if report.get("checkpoint") is None else f" from {report['checkpoint']}"
+    lines = [f"{report['env_id']}{start}: batch {report['batch']}, {ends['terminated']} "
+             f"terminated and {ends['truncated']} truncated episodes; largest |natgrad - sb3| / "
+             "max |sb3|:"]
     lines += [f"  {key:<11} {diff:.2e}"
               for key, diff in report["max_relative_difference"].items()]
     return lines
 
 
 def main(argv=None) -> int:
-    return check_main(argv, doc=__doc__, envs=["Hopper-v5", "HalfCheetah-v5"],
-                      out="bench_results/sb3_rollout_check.json",
-                      peer_metavar=("DATA", "OUT", "ENV_ID"), peer_side=peer_side, check=check,
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--checkpoint", help="start from this natgrad checkpoint's state")
+    known, rest = parser.parse_known_args(argv)
+    return check_main(rest, doc=__doc__, envs=["Hopper-v5", "HalfCheetah-v5"],
+                      out=("bench_results/sb3_rollout_check.json" if known.checkpoint is None
+                           else "bench_results/sb3_rollout_check_trained.json"),
+                      peer_metavar=("DATA", "OUT", "ENV_ID"), peer_side=peer_side,
+                      check=functools.partial(check, checkpoint=known.checkpoint),
                       describe=describe)
 
 
