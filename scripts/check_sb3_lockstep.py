@@ -32,14 +32,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also under -m
-import sb3_peer  # noqa: E402
 from peer_check import (  # noqa: E402
     check_main,
     flat,
-    load_sb3_weights,
+    force_sb3_permutations,
     mlp_weights,
+    peer_model,
     run_peer,
-    sb3_layers,
+    sb3_trust_region,
+    sb3_weights,
 )
 
 UPDATES = 30
@@ -54,14 +55,17 @@ def all_weights(policy_layers: dict, value_layers: dict, log_std) -> dict:
 
 def natgrad_side(env_id: str) -> dict:
     """natgrad's ``UPDATES`` updates: initial weights, every batch, weights after each."""
+    import gymnasium as gym
+
     from agents.trpo import TRPO
 
+    env = gym.make(env_id)
+    action_dim = int(np.prod(env.action_space.shape))
+    env.close()
     # sb3-contrib's trust region in natgrad's units (the preset's, except InvertedPendulum's),
     # and the one-graph update, ``both``.
-    d = int(np.prod(TRPO(env_id, seed=0).policy.head.log_std.shape))
-    settings = sb3_peer.settings(env_id)[0]
     agent = TRPO(env_id, seed=0, overlap_value_fit=False,
-                 max_kl=settings.get("target_kl", 0.01) * d, cg_damping=settings["cg_damping"] * d)
+                 **sb3_trust_region(env_id, action_dim))
 
     def weights():
         return all_weights(mlp_weights(agent.policy.trunk), mlp_weights(agent.value.trunk),
@@ -95,20 +99,13 @@ def natgrad_side(env_id: str) -> dict:
 
 def peer_side(data_file: str, out_file: str, env_id: str) -> int:
     """sb3-contrib's updates on natgrad's batches (runs in the peer interpreter)."""
-    import stable_baselines3.common.buffers as buffers
     import torch as th
-    from stable_baselines3.common.logger import configure
 
-    th.set_num_threads(1)
     data = np.load(data_file)
     n_steps, n_envs = data["batch0_rewards"].shape
-    model = sb3_peer.make_model(env_id, n_envs=n_envs, seed=0, normalize=False)
-    model.set_logger(configure(None, [""]))
+    model = peer_model(env_id, data, {"policy": "init_policy_", "value": "init_value_"},
+                       "init_log_std", n_envs=n_envs, seed=0, normalize=False)
     policy = model.policy
-    load_sb3_weights(policy, "policy", data, "init_policy_")
-    load_sb3_weights(policy, "value", data, "init_value_")
-    with th.no_grad():
-        policy.log_std.copy_(th.as_tensor(data["init_log_std"]))
     updates = sum(1 for name in data.files if name.endswith("_order"))
     out, previous_done = {}, np.ones(n_envs, np.float32)  # the first batch starts episodes
     for k in range(updates):
@@ -131,20 +128,13 @@ def peer_side(data_file: str, out_file: str, env_id: str) -> int:
         buffer.compute_returns_and_advantage(last_values=last, dones=done[-1])
         previous_done = done[-1]
         advantages = buffer.advantages.reshape(-1).copy()  # [T, E] time-major, as natgrad's
-        # train() draws one permutation for the policy step, then one per critic epoch over
-        # its env-major flattening (index e·T + t); natgrad's index is t·E + e.
-        orders = iter([np.arange(n_steps * n_envs),
-                       *[(o % n_envs) * n_steps + o // n_envs for o in batch["order"]]])
-        buffers.np.random.permutation = lambda size, orders=orders: next(orders)
-        model._current_progress_remaining = 1.0  # noqa: SLF001 (see check_sb3_step.py)
+        # natgrad's minibatch index is t·E + e; sb3-contrib's (env-major) e·T + t.
+        force_sb3_permutations([np.arange(n_steps * n_envs),
+                                *[(o % n_envs) * n_steps + o // n_envs for o in batch["order"]]])
+        model._current_progress_remaining = 1.0  # noqa: SLF001 (see peer_check.train_on_batch)
         model.train()
-        layers = {net: sb3_layers(policy, net) for net in ("policy", "value")}
-        weights = all_weights(
-            *[{**{f"kernel_{i}": layer.weight.detach().numpy().T.copy()  # not a view: Adam
-                  for i, layer in enumerate(layers[net])},           # updates in place
-               **{f"bias_{i}": layer.bias.detach().numpy().copy()
-                  for i, layer in enumerate(layers[net])}} for net in ("policy", "value")],
-            policy.log_std.detach().numpy().copy())
+        weights = all_weights(sb3_weights(policy, "policy"), sb3_weights(policy, "value"),
+                              policy.log_std.detach().numpy().copy())
         out.update({f"after{k}_{name}": v for name, v in weights.items()})
         out[f"advantages{k}"] = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     np.savez(out_file, **out)

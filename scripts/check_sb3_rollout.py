@@ -30,16 +30,18 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import functools
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also under -m
-import sb3_peer  # noqa: E402
-from peer_check import check_main, load_sb3_weights, mlp_weights, run_peer  # noqa: E402
+from peer_check import (  # noqa: E402
+    check_main,
+    mlp_weights,
+    peer_model,
+    run_peer,
+)
 
 SEED = 0
 
@@ -48,16 +50,12 @@ def peer_side(data_file: str, out_file: str, env_id: str) -> int:
     """sb3-contrib's rollout of the saved actions (runs in the peer interpreter)."""
     import torch as th
 
-    th.set_num_threads(1)
     data = np.load(data_file)
     actions = data["actions"]  # [T, E, D], unclipped, as natgrad's policy drew them
     n_steps, n_envs = actions.shape[:2]
-    model = sb3_peer.make_model(env_id, n_envs=n_envs, seed=SEED, n_steps=n_steps)
+    model = peer_model(env_id, data, {"policy": "policy_", "value": "value_"}, n_envs=n_envs,
+                       seed=SEED, n_steps=n_steps)
     policy = model.policy
-    for net in ("policy", "value"):
-        load_sb3_weights(policy, net, data, f"{net}_")
-    with th.no_grad():
-        policy.log_std.copy_(th.as_tensor(data["log_std"]))
     if "start_obs_mean" in data:  # a trained state: natgrad's statistics, before the reset
         vec_normalize = model.get_vec_normalize_env()
         for rms, key in ((vec_normalize.obs_rms, "obs"), (vec_normalize.ret_rms, "ret")):
@@ -171,15 +169,14 @@ def describe(report: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--checkpoint", help="start from this natgrad checkpoint's state")
-    known, rest = parser.parse_known_args(argv)
-    return check_main(rest, doc=__doc__, envs=["Hopper-v5", "HalfCheetah-v5"],
-                      out=("bench_results/sb3_rollout_check.json" if known.checkpoint is None
-                           else "bench_results/sb3_rollout_check_trained.json"),
-                      peer_metavar=("DATA", "OUT", "ENV_ID"), peer_side=peer_side,
-                      check=functools.partial(check, checkpoint=known.checkpoint),
-                      describe=describe)
+    return check_main(argv, doc=__doc__, envs=["Hopper-v5", "HalfCheetah-v5"],
+                      out=lambda checkpoint: ("bench_results/sb3_rollout_check.json"
+                                              if checkpoint is None else
+                                              "bench_results/sb3_rollout_check_trained.json"),
+                      peer_metavar=("DATA", "OUT", "ENV_ID"), peer_side=peer_side, check=check,
+                      describe=describe,
+                      options={"--checkpoint": {"help": "start both sides from this natgrad "
+                                                        "checkpoint's trained state"}})
 
 
 if __name__ == "__main__":

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also under -m
-import sb3_peer  # noqa: E402
 from peer_check import (  # noqa: E402
     check_main,
     flat,
-    load_sb3_weights,
     mlp_weights,
+    peer_model,
     run_peer,
-    sb3_layers,
+    sb3_weights,
+    train_on_batch,
 )
 
 BATCH = 2048
@@ -40,38 +40,14 @@ BATCH = 2048
 
 def peer_side(batch_file: str, out_file: str, env_id: str) -> int:
     """sb3-contrib's step on the saved weights and batch (runs in the peer interpreter)."""
-    import torch as th
-    from stable_baselines3.common.logger import configure
-
-    th.set_num_threads(1)
     data = np.load(batch_file)
     n = len(data["obs"])
-    model = sb3_peer.make_model(env_id, n_envs=1, seed=0, normalize=False, n_steps=n,
-                                batch_size=n, n_critic_updates=1,
-                                normalize_advantage=False)  # advantages come standardized
-    model.set_logger(configure(None, [""]))
-    policy = model.policy
-    layers = sb3_layers(policy, "policy")
-    load_sb3_weights(policy, "policy", data)
-    with th.no_grad():
-        policy.log_std.copy_(th.as_tensor(data["log_std"]))
-        obs = th.as_tensor(data["obs"])
-        actions = th.as_tensor(data["actions"])
-        _, log_prob, _ = policy.evaluate_actions(obs, actions)
-    buffer = model.rollout_buffer
-    buffer.reset()
-    buffer.observations[:, 0] = data["obs"]
-    buffer.actions[:, 0] = data["actions"]
-    buffer.advantages[:, 0] = data["advantages"]
-    buffer.log_probs[:, 0] = log_prob.numpy()
-    buffer.pos, buffer.full = n, True
-    # sb3-contrib has no public call that takes one policy step on a given batch; train()
-    # does, and reads the learning-rate schedule's progress, which learn() would have set.
-    model._current_progress_remaining = 1.0  # noqa: SLF001
-    model.train()
-    out = {f"kernel_{i}": layer.weight.detach().numpy().T for i, layer in enumerate(layers)}
-    out.update({f"bias_{i}": layer.bias.detach().numpy() for i, layer in enumerate(layers)})
-    out["log_std"] = policy.log_std.detach().numpy()
+    model = peer_model(env_id, data, {"policy": ""}, n_envs=1, seed=0, normalize=False,
+                       n_steps=n, batch_size=n, n_critic_updates=1,
+                       normalize_advantage=False)  # advantages come standardized
+    train_on_batch(model, data)
+    out = sb3_weights(model.policy, "policy")
+    out["log_std"] = model.policy.log_std.detach().numpy()
     np.savez(out_file, **out)
     return 0
 
@@ -123,12 +99,17 @@ def check(env_id: str, peer_python: str, work: Path) -> dict:
               float(np.linalg.norm(sb3_step)), "variants": {}}
     for name, overrides in variants.items():
         step = flat(natgrad_step(env_id, data, **overrides)) - start
-        report["variants"][name] = {
-            "relative_difference": float(np.linalg.norm(step - sb3_step)
-                                         / np.linalg.norm(sb3_step)),
-            "cosine": float(step @ sb3_step / np.linalg.norm(step) / np.linalg.norm(sb3_step)),
-            "step_norm_ratio": float(np.linalg.norm(step) / np.linalg.norm(sb3_step))}
+        report["variants"][name] = compare_steps(step, sb3_step)
     return report
+
+
+def compare_steps(step: np.ndarray, sb3_step: np.ndarray) -> dict:
+    """natgrad's step against sb3-contrib's, both flat: how far apart relative to sb3-contrib's
+    length, the cosine between them, and the ratio of their lengths."""
+    norm = np.linalg.norm(sb3_step)
+    return {"relative_difference": float(np.linalg.norm(step - sb3_step) / norm),
+            "cosine": float(step @ sb3_step / np.linalg.norm(step) / norm),
+            "step_norm_ratio": float(np.linalg.norm(step) / norm)}
 
 
 def describe(report: dict) -> list[str]:

@@ -33,8 +33,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also under -m
 import bench_common  # noqa: E402
 import check_sb3_step  # noqa: E402
-import sb3_peer  # noqa: E402
-from peer_check import add_peer_python, flat, require_peer_python, run_peer  # noqa: E402
+from peer_check import (  # noqa: E402
+    add_peer_python,
+    flat,
+    require_peer_python,
+    run_peer,
+    sb3_trust_region,
+)
 
 
 def real_batch(checkpoint: Path) -> tuple[str, dict]:
@@ -57,10 +62,7 @@ def real_batch(checkpoint: Path) -> tuple[str, dict]:
 
 def check(checkpoint: Path, peer_python: str, work: Path) -> dict:
     env_id, data = real_batch(checkpoint)
-    d = data["actions"].shape[1]
-    sb3_settings = sb3_peer.settings(env_id)[0]
-    overrides = {"max_kl": sb3_settings.get("target_kl", 0.01) * d,
-                 "cg_damping": sb3_settings["cg_damping"] * d}
+    overrides = sb3_trust_region(env_id, data["actions"].shape[1])
     batch_file, out_file = work / f"{checkpoint.stem}_batch.npz", work / f"{checkpoint.stem}.npz"
     np.savez(batch_file, **data)
     run_peer(peer_python, check_sb3_step.__file__, str(batch_file), str(out_file), env_id)
@@ -68,13 +70,10 @@ def check(checkpoint: Path, peer_python: str, work: Path) -> dict:
     sb3_weights = dict(np.load(out_file))
     natgrad_weights = check_sb3_step.natgrad_step(env_id, data, **overrides)
     sb3_step = flat(sb3_weights) - start
-    step = flat(natgrad_weights) - start
-    norm = float(np.linalg.norm(sb3_step))
     return {"checkpoint": str(checkpoint), "env_id": env_id, "natgrad_overrides": overrides,
-            "log_std": float(np.mean(data["log_std"])), "sb3_step_norm": norm,
-            "relative_difference": float(np.linalg.norm(step - sb3_step) / norm),
-            "cosine": float(step @ sb3_step / np.linalg.norm(step) / norm),
-            "step_norm_ratio": float(np.linalg.norm(step) / norm),
+            "log_std": float(np.mean(data["log_std"])),
+            "sb3_step_norm": float(np.linalg.norm(sb3_step)),
+            **check_sb3_step.compare_steps(flat(natgrad_weights) - start, sb3_step),
             "log_std_change_sb3": float(np.mean(sb3_weights["log_std"] - data["log_std"])),
             "log_std_change_natgrad": float(np.mean(natgrad_weights["log_std"]
                                                     - data["log_std"]))}

@@ -30,14 +30,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also under -m
-import sb3_peer  # noqa: E402
 from peer_check import (  # noqa: E402
     check_main,
     flat,
-    load_sb3_weights,
+    force_sb3_permutations,
     mlp_weights,
+    peer_model,
     run_peer,
-    sb3_layers,
+    sb3_weights,
+    train_on_batch,
 )
 
 SEED = 0
@@ -45,40 +46,16 @@ SEED = 0
 
 def peer_side(data_file: str, out_file: str, env_id: str) -> int:
     """sb3-contrib's value fit on the saved weights, batch and order (the peer interpreter)."""
-    import stable_baselines3.common.buffers as buffers
     import torch as th
-    from stable_baselines3.common.logger import configure
 
-    th.set_num_threads(1)
     data = np.load(data_file)
     n, epochs = len(data["obs"]), len(data["order"])
-    model = sb3_peer.make_model(env_id, n_envs=1, seed=SEED, normalize=False, n_steps=n,
-                                n_critic_updates=epochs)
-    model.set_logger(configure(None, [""]))
+    model = peer_model(env_id, data, {"policy": "policy_", "value": "value_"}, n_envs=1,
+                       seed=SEED, normalize=False, n_steps=n, n_critic_updates=epochs)
     policy = model.policy
-    load_sb3_weights(policy, "policy", data, prefix="policy_")
-    load_sb3_weights(policy, "value", data, prefix="value_")
-    with th.no_grad():
-        policy.log_std.copy_(th.as_tensor(data["log_std"]))
-        _, log_prob, _ = policy.evaluate_actions(th.as_tensor(data["obs"]),
-                                                 th.as_tensor(data["actions"]))
-    buffer = model.rollout_buffer
-    buffer.reset()
-    buffer.observations[:, 0] = data["obs"]
-    buffer.actions[:, 0] = data["actions"]
-    buffer.advantages[:, 0] = data["advantages"]
-    buffer.returns[:, 0] = data["returns"]
-    buffer.log_probs[:, 0] = log_prob.numpy()
-    buffer.pos, buffer.full = n, True
-    # train() draws one permutation for the policy step (the whole batch, order unused), then
-    # one per critic epoch: those are the saved ones.
-    orders = iter([np.arange(n), *data["order"]])
-    buffers.np.random.permutation = lambda size: next(orders)
-    model._current_progress_remaining = 1.0  # noqa: SLF001 (see check_sb3_step.py)
-    model.train()
-    layers = sb3_layers(policy, "value")
-    out = {f"kernel_{i}": layer.weight.detach().numpy().T for i, layer in enumerate(layers)}
-    out.update({f"bias_{i}": layer.bias.detach().numpy() for i, layer in enumerate(layers)})
+    force_sb3_permutations([np.arange(n), *data["order"]])  # the saved order of each epoch
+    train_on_batch(model, data)
+    out = sb3_weights(policy, "value")
     with th.no_grad():
         out["predictions"] = policy.predict_values(th.as_tensor(data["obs"])).numpy()[:, 0]
     np.savez(out_file, **out)
