@@ -35,14 +35,14 @@ import gymnasium as gym
 import numpy as np
 
 from agents.config import TRPOConfig, check_memory, resolve_config
-from agents.envs.factories import resolve_env
+from agents.envs.factories import resolve_agent_env
 from agents.envs.normalization import RewardScaler, RunningMeanStd
 from agents.envs.spaces import (
     ObservationEncoder,
     action_layout,
-    check_spaces,
     env_actions,
     flatten_time,
+    probe_spaces,
 )
 from agents.nets import build_networks
 from agents.overlap import ValueFitOverlap, may_prefetch, policy_step_and_value_fit, undo_prefetch
@@ -102,19 +102,10 @@ class TRPO:
 
     def __init__(self, env, *, preset: str | None = None, run_dir=None, strategy=None,
                  **overrides):
-        env_id, self.env_factory = resolve_env(env)
-        if "env_id" in overrides:  # names a factory's env; must agree with an env id string
-            if isinstance(env, str) and overrides["env_id"] != env:
-                raise ValueError(f"env_id={overrides['env_id']!r} contradicts env={env!r}")
-            env_id = overrides.pop("env_id")
+        env_id, self.env_factory = resolve_agent_env(env, overrides)
         self.config: TRPOConfig = resolve_config(env_id, preset, **overrides)
         apply_tf_threads(self.config.tf_threads)  # before this agent's first TensorFlow op
-        probe = self.env_factory()
-        try:
-            check_spaces(probe.observation_space, probe.action_space)
-            self.observation_space, self.action_space = probe.observation_space, probe.action_space
-        finally:
-            probe.close()
+        self.observation_space, self.action_space = probe_spaces(self.env_factory)
         check_memory(self.config, gym.spaces.flatdim(self.observation_space),
                      gym.spaces.flatdim(self.action_space))
         cfg = self.config

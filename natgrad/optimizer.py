@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
 
-from natgrad.checks import check_choice, check_int, check_number
 from natgrad.conjugate_gradient import NON_FINITE, conjugate_gradient
-from natgrad.curvature import HVP_METHODS
 from natgrad.distribute import ReplicaMean, check_strategy, replica_context
 from natgrad.distributions import OutputDistribution
+from natgrad.optimizer_settings import (
+    CG_ITERS,
+    KFAC_CG_ITERS,
+    UNSUPPORTED_BASE_KWARGS,
+    base_kwargs,
+    checked_settings,
+    settings_config,
+)
 from natgrad.preconditioner import diagonal_preconditioner, update_second_moments
 from natgrad.step_closures import (
-    CURVATURES,
     linearize_curvature,
     loss_and_gradient,
     step_closures,
@@ -27,20 +31,6 @@ from natgrad.trust_region import (
     levenberg_marquardt_damping,
     reduction_ratio,
     trust_region_step_size,
-)
-
-PRECONDITIONERS = ("diagonal", "kfac")
-CG_ITERS, KFAC_CG_ITERS = 10, 3  # cg_iters=None (scripts/bench_keras.py chose them)
-_UNSUPPORTED_BASE_KWARGS = (
-    "weight_decay",
-    "clipnorm",
-    "clipvalue",
-    "global_clipnorm",
-    "use_ema",
-    "ema_momentum",
-    "ema_overwrite_frequency",
-    "loss_scale_factor",
-    "gradient_accumulation_steps",
 )
 
 
@@ -127,47 +117,17 @@ class NaturalGradient(keras.optimizers.Optimizer):
         name: str = "natural_gradient",
         **kwargs,
     ):
-        for key in _UNSUPPORTED_BASE_KWARGS:
-            if kwargs.get(key) not in (None, False):
-                raise ValueError(
-                    f"NaturalGradient does not support {key}={kwargs[key]!r}: it reshapes "
-                    "gradients, which a curvature-preconditioned step does not use. Add an L2 "
-                    "term to the loss instead of weight_decay; use max_kl to bound steps."
-                )
-            kwargs.pop(key, None)
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self.curvature = check_choice("curvature", curvature, CURVATURES)
-        if isinstance(learning_rate, numbers.Real):  # else a schedule, checked by Keras
-            check_number("learning_rate", learning_rate, greater_than=0)
-        self.initial_damping = check_number("damping", damping, at_least=0)
-        self.adaptive_damping = bool(adaptive_damping)
-        self.damping_decay = check_number(
-            "damping_decay", damping_decay, greater_than=0, less_than=1
-        )
-        self.min_damping = check_number("min_damping", min_damping, at_least=0)
-        self.max_damping = check_number(
-            "max_damping", max_damping, at_least=self.min_damping, finite=False
-        )
-        self.cg_iters = None if cg_iters is None else check_int("cg_iters", cg_iters,
-                                                                at_least=1)
-        self.cg_tol = check_number("cg_tol", cg_tol, at_least=0)
-        self.cg_preconditioner = (None if cg_preconditioner is None else check_choice(
-            "cg_preconditioner", cg_preconditioner, PRECONDITIONERS))
-        self.preconditioner_decay = check_number(
-            "preconditioner_decay", preconditioner_decay, greater_than=0, less_than=1)
-        self.kfac_inverse_period = check_int("kfac_inverse_period", kfac_inverse_period,
-                                             at_least=1)
-        self.max_kl = check_number("max_kl", max_kl, greater_than=0, allow_none=True)
-        self.line_search_shrink = check_number(
-            "line_search_shrink", line_search_shrink, greater_than=0, less_than=1
-        )
-        self.line_search_max_tries = check_int(
-            "line_search_max_tries", line_search_max_tries, at_least=0
-        )
-        self.curvature_batch_fraction = check_number(
-            "curvature_batch_fraction", curvature_batch_fraction, greater_than=0, at_most=1
-        )
-        self.hvp_method = check_choice("hvp_method", hvp_method, HVP_METHODS)
+        super().__init__(learning_rate=learning_rate, name=name, **base_kwargs(kwargs))
+        for attribute, value in checked_settings(
+            learning_rate=learning_rate, curvature=curvature, damping=damping,
+            adaptive_damping=adaptive_damping, damping_decay=damping_decay,
+            min_damping=min_damping, max_damping=max_damping, cg_iters=cg_iters, cg_tol=cg_tol,
+            cg_preconditioner=cg_preconditioner, preconditioner_decay=preconditioner_decay,
+            kfac_inverse_period=kfac_inverse_period, max_kl=max_kl,
+            line_search_shrink=line_search_shrink, line_search_max_tries=line_search_max_tries,
+            curvature_batch_fraction=curvature_batch_fraction, hvp_method=hvp_method,
+        ).items():
+            setattr(self, attribute, value)
 
     # Keras optimizer protocol ------------------------------------------------------------
 
@@ -208,28 +168,9 @@ class NaturalGradient(keras.optimizers.Optimizer):
 
     def get_config(self):
         config = super().get_config()
-        for key in _UNSUPPORTED_BASE_KWARGS:
+        for key in UNSUPPORTED_BASE_KWARGS:
             config.pop(key, None)
-        config.update(
-            {
-                "curvature": self.curvature,
-                "damping": self.initial_damping,
-                "adaptive_damping": self.adaptive_damping,
-                "damping_decay": self.damping_decay,
-                "min_damping": self.min_damping,
-                "max_damping": self.max_damping,
-                "cg_iters": self.cg_iters,
-                "cg_tol": self.cg_tol,
-                "cg_preconditioner": self.cg_preconditioner,
-                "preconditioner_decay": self.preconditioner_decay,
-                "kfac_inverse_period": self.kfac_inverse_period,
-                "max_kl": self.max_kl,
-                "line_search_shrink": self.line_search_shrink,
-                "line_search_max_tries": self.line_search_max_tries,
-                "curvature_batch_fraction": self.curvature_batch_fraction,
-                "hvp_method": self.hvp_method,
-            }
-        )
+        config.update(settings_config(self))
         return config
 
     # The step ---------------------------------------------------------------------------

@@ -139,6 +139,17 @@ def resolve_env(env) -> tuple[str, callable]:
     raise ValueError(f"env must be an env id, a gymnasium.Env or a factory; got {type(env)}")
 
 
+def resolve_agent_env(env, overrides: dict) -> tuple[str, callable]:
+    """:func:`resolve_env` for an agent, whose ``overrides`` may name the env of a factory
+    (``env_id``, popped from ``overrides``); with an env id string the two must agree."""
+    env_id, factory = resolve_env(env)
+    if "env_id" in overrides:
+        if isinstance(env, str) and overrides["env_id"] != env:
+            raise ValueError(f"env_id={overrides['env_id']!r} contradicts env={env!r}")
+        env_id = overrides.pop("env_id")
+    return env_id, factory
+
+
 def make_vector_env(factory, n_envs: int, vectorization: str) -> gym.vector.VectorEnv:
     """``n_envs`` copies, auto-reset in the same step (final obs in ``infos["final_obs"]``):
     :class:`agents.envs.vector_env.RolloutVectorEnv` (a ``SyncVectorEnv``) or

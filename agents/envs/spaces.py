@@ -252,6 +252,17 @@ def check_spaces(observation_space, action_space) -> None:
     action_layout(action_space)
 
 
+def probe_spaces(env_factory) -> tuple[gym.Space, gym.Space]:
+    """``(observation_space, action_space)`` of one env made by ``env_factory`` (then closed),
+    checked by :func:`check_spaces`."""
+    probe = env_factory()
+    try:
+        check_spaces(probe.observation_space, probe.action_space)
+        return probe.observation_space, probe.action_space
+    finally:
+        probe.close()
+
+
 def env_actions(action_space, actions: np.ndarray) -> np.ndarray:
     """Policy actions as the env takes them: ``Discrete`` / ``MultiDiscrete`` indices shifted by
     the space's ``start``; ``Box`` actions clipped to its bounds (float32); ``MultiBinary`` in
