@@ -48,13 +48,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, also under -m
 import bench_common  # noqa: E402
+import trpo_recipe_timing  # noqa: E402
 
 CG_ITERS, TRIES = 10, 10
 
@@ -295,38 +295,6 @@ def print_scaling(case: str, n_envs: int, updates: int) -> list[dict]:
     return runs
 
 
-def time_trpo(steps: int, workers: int, out: Path) -> dict:
-    """Wall time of ``natgrad-trpo train CartPole-v1`` (from process start) and, from its
-    progress.csv, the first update's seconds and the env steps per second after it."""
-    import csv
-
-    argv = [sys.executable, "-m", "agents", "train", "CartPole-v1", "--steps", str(steps),
-            "--out", str(out)] + (["--workers", str(workers)] if workers > 1 else [])
-    start = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True, timeout=1800)
-    wall = time.perf_counter() - start
-    with open(out / "progress.csv") as f:
-        rows = [(float(r["env_steps"]), float(r["wall_time"])) for r in csv.DictReader(f)]
-    (first_steps, first_time), (last_steps, last_time) = rows[0], rows[-1]
-    return {"workers": workers, "wall_s": wall, "first_update_s": first_time,
-            "steps_per_s_after_first": (last_steps - first_steps) / (last_time - first_time),
-            "eval": json.loads((out / "eval.json").read_text())["mean_return"]}
-
-
-def print_trpo(steps: int) -> list[dict]:
-    """:func:`time_trpo` with 2 workers and 1, printed as a table."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = [time_trpo(steps, w, Path(tmp) / f"w{w}") for w in (2, 1)]
-    print(f"\nnatgrad-trpo train CartPole-v1 --steps {steps}:\n")
-    print(bench_common.markdown_table(
-        ["workers", "wall time", "first update", "env steps/s after it", "eval return"],
-        [[str(run["workers"]), f"{run['wall_s']:.1f} s", f"{run['first_update_s']:.1f} s",
-          f"{run['steps_per_s_after_first']:,.0f}", f"{run['eval']:.1f}"] for run in runs]))
-    return runs
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8192, help="global batch (states)")
@@ -377,7 +345,7 @@ def main() -> int:
         record[f"scaling_{case}"] = print_scaling(case, args.n_envs, args.updates)
     if args.skip_step:
         if args.trpo:
-            record["trpo"] = print_trpo(args.trpo)
+            record["trpo"] = trpo_recipe_timing.print_trpo(args.trpo)
         bench_common.write_json(args.out_json, record)
         print(f"\nJSON: {args.out_json}")
         return 0
@@ -403,7 +371,7 @@ def main() -> int:
           f"{double['step_s'] / single['step_s']:.2f}x")
     record.update({"batch": args.batch, "single": single, "two_workers": double})
     if args.trpo:
-        record["trpo"] = print_trpo(args.trpo)
+        record["trpo"] = trpo_recipe_timing.print_trpo(args.trpo)
     bench_common.write_json(args.out_json, record)
     print(f"\nJSON: {args.out_json}")
     return 0
