@@ -73,3 +73,51 @@ def summary(scores: Sequence[float], *, reps: int = 2000, seed: int = 0) -> dict
     point, low, high = stratified_bootstrap_ci({"task": values}, reps=reps, seed=seed)
     return {"per_seed": values, "mean": float(np.mean(values)), "std": float(np.std(values)),
             "iqm": point, "iqm_ci95": [low, high]}
+
+
+def permutation_test(a: Sequence[float], b: Sequence[float], *, reps: int = 20000,
+                     seed: int = 0) -> float:
+    """Two-sided p-value of ``mean(a) − mean(b)`` under the null that the two sets of seeds
+    come from one distribution: the share of relabellings of the pooled scores whose difference
+    of means is at least as far from 0 as the observed one. Every relabelling is enumerated
+    when there are at most ``reps`` of them (the exact test); otherwise ``reps`` random ones.
+
+    >>> permutation_test([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])  # 2 of the 20 splits are as extreme
+    0.1
+    """
+    import itertools
+    import math
+
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    pooled, n = np.concatenate([x, y]), len(x)
+    if n == 0 or len(y) == 0:
+        return float("nan")
+    observed = abs(x.mean() - y.mean())
+    total = pooled.sum()
+
+    def differences(first: np.ndarray) -> np.ndarray:  # [k, n] scores labelled ``a``
+        sums = first.sum(axis=-1)
+        return np.abs(sums / n - (total - sums) / len(y))
+
+    if math.comb(len(pooled), n) <= reps:
+        splits = np.array(list(itertools.combinations(range(len(pooled)), n)))
+    else:
+        rng = np.random.default_rng(seed)
+        splits = np.argsort(rng.random((reps, len(pooled))), axis=1)[:, :n]
+    extreme = differences(pooled[splits]) >= observed * (1 - 1e-12)
+    return float(np.mean(extreme))
+
+
+def bootstrap_difference_ci(a: Sequence[float], b: Sequence[float], *, reps: int = 20000,
+                            confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean(a) − mean(b), low, high)``: the percentile bootstrap interval of the difference
+    of means, each side's seeds resampled with replacement on its own."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(x) == 0 or len(y) == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = (x[rng.integers(0, len(x), size=(reps, len(x)))].mean(axis=1)
+              - y[rng.integers(0, len(y), size=(reps, len(y)))].mean(axis=1))
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(x.mean() - y.mean()), float(low), float(high)

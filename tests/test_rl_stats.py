@@ -57,3 +57,56 @@ def test_summary_has_per_seed_scores_beside_the_estimates(stats):
     assert out["mean"] == 2.0 and out["std"] == pytest.approx(np.std([1, 2, 3]))
     assert out["iqm"] == 2.0 and out["iqm_ci95"][0] <= 2.0 <= out["iqm_ci95"][1]
     assert np.isnan(stats.summary([])["mean"])
+
+
+def test_permutation_test_exact_against_hand_counts(stats):
+    # [1,2,3] vs [4,5,6]: of the C(6,3) = 20 splits only it and its mirror are as extreme.
+    assert stats.permutation_test([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.1)
+    # [1,2] vs [3]: splits {1,2} |1.5-3| and {2,3} |2.5-1| reach 1.5, {1,3} gives 0.
+    assert stats.permutation_test([1.0, 2.0], [3.0]) == pytest.approx(2 / 3)
+    assert stats.permutation_test([5.0, 1.0], [1.0, 5.0]) == 1.0  # same scores: no evidence
+    assert np.isnan(stats.permutation_test([], [1.0]))
+
+
+def test_permutation_test_sampled_agrees_with_the_exact_one(stats):
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.0, 1.0, 8), rng.normal(0.8, 1.0, 8)  # C(16, 8) = 12,870 splits
+    exact = stats.permutation_test(a, b, reps=20000)
+    sampled = stats.permutation_test(a, b, reps=4000, seed=1)
+    assert 0.0 < exact < 1.0
+    assert sampled == pytest.approx(exact, abs=0.025)  # ~4 binomial standard errors
+
+
+def test_bootstrap_difference_interval(stats):
+    point, low, high = stats.bootstrap_difference_ci([3.0, 3.0, 3.0], [1.0, 1.0])
+    assert (point, low, high) == (2.0, 2.0, 2.0)  # no spread: the interval is the point
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(10.0, 1.0, 400), rng.normal(7.0, 1.0, 400)
+    point, low, high = stats.bootstrap_difference_ci(a, b)
+    assert point == pytest.approx(a.mean() - b.mean())
+    assert low < 3.0 < high and low > 2.6 and high < 3.4  # se ~0.07: width ~0.28
+    se = np.sqrt(a.var() / 400 + b.var() / 400)  # the normal approximation's interval
+    assert high - low == pytest.approx(2 * 1.96 * se, rel=0.15)
+
+
+def test_compare_sides_pools_seeds_across_summaries(tmp_path):
+    compare_sides = load_script("compare_sides")
+
+    def summary(natgrad, sb3):
+        side = lambda d: {"seeds": list(d), "per_seed": list(d.values())}  # noqa: E731
+        return {"overrides": [], "envs": {"Swimmer-v5": [
+            {"budget": 300000, "natgrad": side(natgrad), "sb3": side(sb3)},
+            {"budget": 100000, "natgrad": side({0: -1.0}), "sb3": side({})}]}}
+
+    files = [("a", summary({0: 100.0, 1: 300.0}, {0: 350.0})),
+             ("b", summary({2: 140.0}, {0: 350.0, 2: 120.0}))]
+    pooled = compare_sides.side_scores(files, "Swimmer-v5", 300000)
+    assert pooled == {"natgrad": {0: 100.0, 1: 300.0, 2: 140.0}, "sb3": {0: 350.0, 2: 120.0}}
+    result = compare_sides.compare(pooled, threshold=250.0)
+    assert result["natgrad"]["at_threshold"] == 1 and result["sb3"]["at_threshold"] == 1
+    assert result["natgrad"]["mean"] == pytest.approx(180.0)
+    assert result["difference"]["natgrad_minus_sb3"] == pytest.approx(180.0 - 235.0)
+    with pytest.raises(ValueError, match="sb3 seed 0"):
+        compare_sides.side_scores(files + [("c", summary({}, {0: 1.0}))], "Swimmer-v5", 300000)
+    with pytest.raises(ValueError, match="no Swimmer-v5 results at budget 1,000,000"):
+        compare_sides.side_scores(files, "Swimmer-v5", 1_000_000)
