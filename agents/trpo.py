@@ -19,7 +19,8 @@ All randomness (initial weights, action sampling, minibatch order) comes from on
 Around it, in their own modules: an iteration that meets a NaN is undone whole and stopped or
 skipped (:mod:`agents.rollback`); the value fit may run while the next batch is collected
 (:mod:`agents.overlap`); the run directory's lock, claim and checkpoints
-(:class:`agents.runs.run_dir.RunWriter`); Ctrl-C and ``SIGTERM`` stop at the next update
+(:class:`agents.runs.run_dir.RunWriter`); ``load`` and ``resume``
+(:mod:`agents.runs.loading`); Ctrl-C and ``SIGTERM`` stop at the next update
 (:mod:`agents.stop_signals`).
 """
 
@@ -61,13 +62,12 @@ from agents.rollout import (
 from agents.runs.agent_state import (
     agent_checkpoint,
     all_variables,
-    restore_agent,
-    saved_settings,
 )
-from agents.runs.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from agents.runs.checkpoint import write_checkpoint
 from agents.runs.evaluation import EVAL_SEED_OFFSET, evaluate_policy
+from agents.runs.loading import load_agent, resume_agent
 from agents.runs.progress import ProgressBar, ProgressLogger, progress_row
-from agents.runs.run_dir import RunWriter, resume_point
+from agents.runs.run_dir import RunWriter
 from agents.stop_signals import StopSignals, TrainingInterrupted
 from agents.tf_threads import apply_tf_threads, blas_threads
 from agents.update import UpdateFunctions, make_optimizers, make_update_fns
@@ -320,10 +320,8 @@ class TRPO:
           ValueError: an observation of another shape, naming the expected one.
         """
         batch, single = self.encoder.as_batch(obs)
-        actions = self.policy.numpy_act(self.policy.numpy_params(),
-                                        self.encoder.encode(batch, self.obs_rms),
-                                        self._predict_rng, deterministic=deterministic)
-        actions = env_actions(self.action_space, actions)
+        actions = self._env_actions(self.policy.numpy_params(), batch, self._predict_rng,
+                                    deterministic)
         return actions[0] if single else actions
 
     def evaluate(self, episodes: int | None = None, *, seed: int | None = None,
@@ -334,14 +332,18 @@ class TRPO:
         cfg, params = self.config, self.policy.numpy_params()
 
         def act(obs):
-            batch = self.encoder.encode(self.encoder.stack([obs]), self.obs_rms)
-            actions = self.policy.numpy_act(params, batch, None, deterministic=True)
-            return env_actions(self.action_space, actions)[0]
+            return self._env_actions(params, self.encoder.stack([obs]), None, True)[0]
 
         return evaluate_policy(
             self.env_factory, act, cfg.eval_episodes if episodes is None else int(episodes),
             cfg.seed + EVAL_SEED_OFFSET if seed is None else int(seed),
             cfg.eval_max_episode_steps if max_episode_steps is None else int(max_episode_steps))
+
+    def _env_actions(self, params: dict, batch, rng, deterministic: bool) -> np.ndarray:
+        """Env-ready actions of the policy ``params`` for a batch of raw observations."""
+        actions = self.policy.numpy_act(params, self.encoder.encode(batch, self.obs_rms), rng,
+                                        deterministic=deterministic)
+        return env_actions(self.action_space, actions)
 
     # Saving and loading --------------------------------------------------------------------
 
@@ -363,16 +365,9 @@ class TRPO:
           agents.runs.checkpoint.CheckpointError (a ``ValueError``): the file is unreadable,
             corrupt or truncated, from an older natgrad, or for another env than ``env``.
         """
-        checkpoint = path if not isinstance(path, (str, Path)) else read_checkpoint(path)
-        env, settings = saved_settings(checkpoint, env)
-        try:
-            agent = cls(env, run_dir=run_dir, strategy=strategy, **settings)
-        except TypeError as exc:  # a config field this version does not know
-            raise CheckpointError(f"checkpoint {checkpoint.path}: {exc}") from None
-        agent._pending_env_state = restore_agent(agent, checkpoint,
-                                                 trust_env_state=trust_env_state)
-        agent.run_id = checkpoint.meta.get("run_id") or agent.run_id
-        agent.run.saved_update = agent.updates
+        agent, env_state = load_agent(cls, path, env=env, run_dir=run_dir,
+                                      trust_env_state=trust_env_state, strategy=strategy)
+        agent._pending_env_state = env_state  # for the first worker
         return agent
 
     @classmethod
@@ -387,16 +382,5 @@ class TRPO:
         Raises:
           RunDirError / CheckpointError (both ``ValueError``): naming what is wrong.
         """
-        run_dir = Path(run_dir)
-        run_id, config, checkpoint = resume_point(run_dir,
-                                                  use_checkpoint_config=use_checkpoint_config)
-        if checkpoint is None:  # stopped before its first checkpoint: restart in place
-            settings = {k: v for k, v in config.items() if k != "env_id"}
-            agent = cls(config["env_id"] if env is None else env, run_dir=run_dir,
-                        strategy=strategy, **settings)
-            agent.run_id = run_id
-        else:
-            agent = cls.load(checkpoint, env=env, run_dir=run_dir,
-                             trust_env_state=trust_env_state, strategy=strategy)
-        agent.run.mark_resumed(rewrite_config=use_checkpoint_config)
-        return agent
+        return resume_agent(cls, run_dir, env=env, trust_env_state=trust_env_state,
+                            use_checkpoint_config=use_checkpoint_config, strategy=strategy)

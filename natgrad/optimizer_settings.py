@@ -27,26 +27,18 @@ UNSUPPORTED_BASE_KWARGS = (
     "loss_scale_factor",
     "gradient_accumulation_steps",
 )
-# get_config key -> attribute, in get_config's order (only ``damping`` is renamed: the
-# attribute is the initial value, adaptive damping changes the optimizer's variable).
-CONFIG_ATTRIBUTES = {
-    "curvature": "curvature",
-    "damping": "initial_damping",
-    "adaptive_damping": "adaptive_damping",
-    "damping_decay": "damping_decay",
-    "min_damping": "min_damping",
-    "max_damping": "max_damping",
-    "cg_iters": "cg_iters",
-    "cg_tol": "cg_tol",
-    "cg_preconditioner": "cg_preconditioner",
-    "preconditioner_decay": "preconditioner_decay",
-    "kfac_inverse_period": "kfac_inverse_period",
-    "max_kl": "max_kl",
-    "line_search_shrink": "line_search_shrink",
-    "line_search_max_tries": "line_search_max_tries",
-    "curvature_batch_fraction": "curvature_batch_fraction",
-    "hvp_method": "hvp_method",
-}
+# The settings in get_config, in its order; each is the attribute of the same name, except
+# ``damping``, whose attribute is ``initial_damping`` (adaptive damping changes the optimizer's
+# variable, not the setting).
+SETTINGS = ("curvature", "damping", "adaptive_damping", "damping_decay", "min_damping",
+            "max_damping", "cg_iters", "cg_tol", "cg_preconditioner", "preconditioner_decay",
+            "kfac_inverse_period", "max_kl", "line_search_shrink", "line_search_max_tries",
+            "curvature_batch_fraction", "hvp_method")
+
+
+def attribute_name(setting: str) -> str:
+    """The optimizer attribute that holds ``setting``."""
+    return "initial_damping" if setting == "damping" else setting
 
 
 def base_kwargs(kwargs: dict) -> dict:
@@ -68,8 +60,9 @@ def checked_settings(
     kfac_inverse_period, max_kl, line_search_shrink, line_search_max_tries,
     curvature_batch_fraction, hvp_method,
 ) -> dict:
-    """The optimizer's attributes (``CONFIG_ATTRIBUTES``' values) from its arguments, checked
-    in the constructor's argument order; a schedule for ``learning_rate`` is Keras' to check."""
+    """The optimizer's attributes (:func:`attribute_name` of each of ``SETTINGS``) from its
+    arguments, checked in the constructor's argument order; a schedule for ``learning_rate``
+    is Keras' to check."""
     checked = {"curvature": check_choice("curvature", curvature, CURVATURES)}
     if isinstance(learning_rate, numbers.Real):
         check_number("learning_rate", learning_rate, greater_than=0)
@@ -102,4 +95,4 @@ def checked_settings(
 
 def settings_config(optimizer) -> dict:
     """``get_config`` entries for the settings of ``optimizer`` (a ``NaturalGradient``)."""
-    return {key: getattr(optimizer, attribute) for key, attribute in CONFIG_ATTRIBUTES.items()}
+    return {key: getattr(optimizer, attribute_name(key)) for key in SETTINGS}

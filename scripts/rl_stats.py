@@ -15,6 +15,8 @@ With 5 seeds an interval is wide: that is the honest answer, and the reason to r
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -85,9 +87,6 @@ def permutation_test(a: Sequence[float], b: Sequence[float], *, reps: int = 2000
     >>> permutation_test([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])  # 2 of the 20 splits are as extreme
     0.1
     """
-    import itertools
-    import math
-
     x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
     pooled, n = np.concatenate([x, y]), len(x)
     if n == 0 or len(y) == 0:
